@@ -1,0 +1,35 @@
+# Two entry points for a fresh clone: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The package asks for torch>=2.2; on a CPU-only machine this pin picks the CPU build served locally.
+# Override it for your machine, e.g. `make test TORCH=torch` (CUDA build) or TORCH= to keep yours.
+TORCH ?= torch==2.13.0
+RUNS ?= runs
+
+.PHONY: install demo demo-spiral test lint clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || [ -z "$(TORCH)" ] || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/.installed
+
+demo: demo-spiral
+
+demo-spiral: install
+	$(BIN)/ddpm train spiral --out $(RUNS)/spiral --restart
+	$(BIN)/ddpm sample $(RUNS)/spiral --n 2000 --out $(RUNS)/spiral/points.png --gif $(RUNS)/spiral/reverse.gif
+	@echo "pictures: $(RUNS)/spiral/points.png, reverse.gif, samples/, loss.png; metrics: $(RUNS)/spiral/metrics.json"
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(RUNS) .pytest_cache .ruff_cache

@@ -1,0 +1,197 @@
+"""The ``ddpm`` command line: a thin layer over :mod:`ddpm.run`.
+
+Every refusal is one line on stderr and a non-zero exit, with nothing overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ddpm import plotting, run
+from ddpm.config import Config, ConfigError, apply_overrides
+from ddpm.engine import checkpoint as ckpt
+from ddpm.presets import PRESETS, get_preset
+
+
+def _config_from_args(args) -> Config:
+    source = args.preset
+    if source in PRESETS:
+        cfg = get_preset(source)
+    elif Path(source).is_file():
+        cfg = Config.load(Path(source))
+    else:
+        raise ConfigError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    cfg = apply_overrides(cfg, args.set or [])
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.max_steps is not None:
+        cfg.train.max_steps = args.max_steps
+    if args.max_minutes is not None:
+        cfg.train.max_minutes = args.max_minutes
+    return cfg
+
+
+def cmd_train(args) -> int:
+    cfg = _config_from_args(args)
+    metrics = run.train(cfg, Path(args.out), restart=args.restart)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    loaded = run.load_run(Path(args.run), weights=args.weights, device=args.device)
+    cfg = loaded.cfg
+    if args.sampler:
+        cfg.sample.sampler = args.sampler
+    if args.steps is not None:
+        cfg.sample.steps = args.steps
+    num_classes = cfg.model.kwargs.get("num_classes")
+    if args.label is not None and (num_classes is None or not 0 <= args.label < num_classes):
+        why = "an unconditional model" if num_classes is None else f"labels 0…{num_classes - 1}"
+        raise ConfigError(f"--label {args.label}: the run has {why}")
+    out, gif = Path(args.out), Path(args.gif) if args.gif else None
+    for path in filter(None, (out, gif)):
+        if path.is_dir():
+            raise run.RunError(f"{path}: is a folder, expected a file name")
+    frames = []
+    n_frames = 60
+    T = loaded.schedule.T
+    keep = max(1, (cfg.sample.steps or T) // n_frames)
+
+    def callback(i, t, x, x0):
+        if i % keep == 0 or t == 0:
+            frames.append((t, x[: min(len(x), 2000 if not run.is_image(cfg) else 64)].cpu()))
+
+    x = run.sample(
+        cfg,
+        loaded.model,
+        loaded.schedule,
+        args.n,
+        seed=args.seed,
+        label=args.label,
+        callback=callback if gif else None,
+    ).cpu()
+    if out.suffix == ".npy":
+        np.save(out, x.numpy())
+    elif run.is_image(cfg):
+        plotting.save_grid(out, x, nrow=math.ceil(math.sqrt(args.n)))
+    else:
+        plotting.save_scatter(out, x, title=f"{args.n} samples, step {loaded.step}")
+    if gif:
+        if run.is_image(cfg):
+            plotting.grid_gif(gif, [f for _, f in frames])
+        else:
+            plotting.points_gif(gif, [f for _, f in frames], [f"t = {t}" for t, _ in frames])
+    print(f"wrote {out}" + (f" and {gif}" if gif else ""))
+    return 0
+
+
+def cmd_info(args) -> int:
+    run_dir = Path(args.run)
+    loaded = run.load_run(run_dir, device="cpu")
+    latest = loaded.checkpoint
+    state = ckpt.load_state(latest)
+    info = {
+        "run": str(run_dir),
+        "step": state["step"],
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "weights_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "model.safetensors")),
+        "ema_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "ema.safetensors")),
+        "world_size": state.get("world_size", 1),
+        "train_seconds": state.get("train_seconds"),
+        "checkpoint": latest.name,
+        "metrics": json.loads((run_dir / "metrics.json").read_text())
+        if (run_dir / "metrics.json").exists()
+        else None,
+        "config": loaded.cfg.to_dict(),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    for key in (
+        "run",
+        "checkpoint",
+        "step",
+        "parameters",
+        "world_size",
+        "train_seconds",
+        "weights_sha256",
+        "ema_sha256",
+    ):
+        print(f"{key:>15}: {info[key]}")
+    if info["metrics"]:
+        print(
+            "        metrics: "
+            + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["metrics"].items()
+            )
+        )
+    print("         config: " + json.dumps(info["config"], indent=2).replace("\n", "\n" + " " * 17))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddpm", description="Denoising diffusion probabilistic models from first principles."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (or resume the run in --out)")
+    p.add_argument(
+        "preset", metavar="PRESET|CONFIG", help=f"a preset ({', '.join(PRESETS)}) or a config.json"
+    )
+    p.add_argument("--out", required=True, help="the run folder (resumed when it holds a checkpoint)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help="train until this step (also the learning-rate horizon)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument("--restart", action="store_true", help="discard the run's checkpoints and start over")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--n", type=int, default=64, help="how many samples")
+    p.add_argument("--out", required=True, help="a PNG (scatter or grid) or .npy file")
+    p.add_argument("--gif", help="also write a GIF of the reverse process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, help="the class to draw (conditional models)")
+    p.add_argument("--sampler", choices=sorted(run.SAMPLERS), help="default: the run's")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's, all T)")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("info", help="describe a run: config, step, metrics, weight checksums")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 1:
+        print("ddpm: error: --n must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("ddpm: interrupted; the last checkpoint is kept and the run can be resumed", file=sys.stderr)
+        return 130
+    except (
+        ValueError,
+        OSError,
+        FloatingPointError,
+    ) as e:  # ConfigError, RunError, CheckpointError, data errors
+        print(f"ddpm: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The training loop: one loop for 2-D points and images alike.
+
+The trainer is handed a model, a ``loss_fn(model, x, y, generator) -> per-sample loss`` and the data as
+tensors; it owns the optimiser, the learning-rate schedule, the EMA, mixed precision, budgets, logging and
+checkpoints. Every random draw comes from generators whose states are checkpointed, and the data order is
+a function of (seed, epoch), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpm.config import TrainConfig
+from ddpm.engine import checkpoint as ckpt
+from ddpm.engine.ema import EMA
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr × min_lr_ratio`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class BatchOrder:
+    """A seeded, reproducible order over ``n`` items: epoch e visits ``randperm(n)`` seeded by (seed, e).
+
+    ``rank`` of ``world`` takes its own slice of each global batch, so all processes together see exactly
+    the batches a single process with ``world ×`` the batch size would see.
+    """
+
+    n: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    world: int = 1
+    epoch: int = 0
+    position: int = 0  # index into the current epoch's permutation
+
+    def __post_init__(self):
+        self._perm_epoch = None
+
+    def _perm(self) -> torch.Tensor:
+        if self._perm_epoch != self.epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order, self._perm_epoch = torch.randperm(self.n, generator=g), self.epoch
+        return self._order
+
+    def next(self) -> torch.Tensor:
+        global_batch = self.batch_size * self.world
+        if global_batch > self.n:
+            raise ValueError(f"the batch ({global_batch}) is larger than the data set ({self.n} items)")
+        if self.position + global_batch > self.n:  # drop the incomplete tail: every batch is full
+            self.epoch, self.position = self.epoch + 1, 0
+        start = self.position + self.rank * self.batch_size
+        idx = self._perm()[start : start + self.batch_size]
+        self.position += global_batch
+        return idx
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+class Trainer:
+    """Trains ``model`` on ``(x, y)`` with ``loss_fn``, writing everything under ``run_dir``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        cfg: TrainConfig,
+        run_dir: Path,
+        seed: int = 0,
+        on_sample: Callable[[nn.Module, int], None] | None = None,
+        rank: int = 0,
+        world: int = 1,
+        log: Callable[[str], None] = print,
+    ):
+        self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
+        self.rank, self.world, self.log = rank, world, log
+        self.device = resolve_device(cfg.device)
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(seed)  # dropout and other global draws
+        self.memory_format = (
+            torch.channels_last if cfg.channels_last and x.ndim == 4 else torch.contiguous_format
+        )
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+        self.loss_fn, self.on_sample = loss_fn, on_sample
+        self.x = x.to(self.device)
+        self.y = None if y is None else y.to(self.device)
+        self.order = BatchOrder(len(x), cfg.batch_size, seed, rank, world)
+        self.generator = torch.Generator(self.device).manual_seed(seed * 7919 + rank)
+        self.step, self.train_seconds, self.images_seen = 0, 0.0, 0
+        self.metrics_path = self.run_dir / "metrics.csv"
+
+    # --- state -------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def save(self) -> Path:
+        opt_tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer)
+        rng = {"rng.engine": self.generator.get_state(), "rng.global": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "step": self.step,
+            "order": self.order.state(),
+            "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen,
+            "world_size": self.world,
+            "optimizer": opt_meta,
+        }
+        tensors = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": {**{f"optim.{k}": v for k, v in opt_tensors.items()}, **rng},
+        }
+        return ckpt.save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.cfg.keep_checkpoints)
+
+    def resume(self, path: Path) -> None:
+        """Restore model, EMA, optimiser, RNG states and data position from a checkpoint folder."""
+        state = ckpt.load_state(path)
+        load_into(
+            self.model, ckpt.load_tensors(path / "model.safetensors", self.device), path / "model.safetensors"
+        )
+        load_into(
+            self.ema.model, ckpt.load_tensors(path / "ema.safetensors", self.device), path / "ema.safetensors"
+        )
+        extra = ckpt.load_tensors(path / "optimizer.safetensors")
+        opt = {k[len("optim.") :]: v.to(self.device) for k, v in extra.items() if k.startswith("optim.")}
+        ckpt.optimizer_from_tensors(self.optimizer, opt, state["optimizer"])
+        self.generator.set_state(extra["rng.engine"])
+        torch.set_rng_state(extra["rng.global"])
+        if "rng.cuda" in extra and self.device.type == "cuda":
+            torch.cuda.set_rng_state(extra["rng.cuda"], self.device)
+        self.step, self.train_seconds = state["step"], state["train_seconds"]
+        self.images_seen = state.get("images_seen", 0)
+        self.order.epoch, self.order.position = state["order"]["epoch"], state["order"]["position"]
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop log rows written after the checkpoint we resume from: those steps are redone."""
+        if self.rank or not self.metrics_path.exists():
+            return
+        with open(self.metrics_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        with open(self.metrics_path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss (a tensor)."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg)
+        total = torch.zeros((), device=self.device)
+        for _ in range(cfg.grad_accum):
+            idx = self.order.next().to(self.device)
+            x = self.x[idx].contiguous(memory_format=self.memory_format)
+            y = None if self.y is None else self.y[idx]
+            with self._autocast():
+                loss = self.loss_fn(self.model, x, y, self.generator).mean()
+            (loss / cfg.grad_accum).backward()
+            total += loss.detach() / cfg.grad_accum
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model, self.step)
+        self.step += 1
+        self.images_seen += cfg.batch_size * cfg.grad_accum * self.world
+        return total
+
+    def _log_row(self, row: dict) -> None:
+        if self.rank:
+            return
+        new = not self.metrics_path.exists()
+        with open(self.metrics_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def fit(self) -> dict:
+        """Train until ``max_steps`` or the ``max_minutes`` budget; checkpoint on the way and at the end."""
+        cfg = self.cfg
+        start = time.monotonic()
+        last_ckpt = start
+        interrupted = False
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True, desc="train"
+        )
+        self.model.train()
+        window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, time.perf_counter()
+        previous = signal.getsignal(signal.SIGTERM)
+        with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM as it is
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while self.step < cfg.max_steps:
+                if cfg.max_minutes is not None and time.monotonic() - start >= cfg.max_minutes * 60:
+                    break
+                t0 = time.perf_counter()
+                window_loss += self.train_step()
+                window_steps += 1
+                self.train_seconds += time.perf_counter() - t0
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    elapsed = time.perf_counter() - window_t
+                    loss = (window_loss / window_steps).item()
+                    ips = window_steps * cfg.batch_size * cfg.grad_accum * self.world / elapsed
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"the loss became {loss} at step {self.step}; stopping")
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
+                    self._log_row(
+                        {
+                            "step": self.step,
+                            "loss": f"{loss:.6f}",
+                            "lr": f"{lr_at(self.step - 1, cfg):.3e}",
+                            "images_per_s": f"{ips:.1f}",
+                            "train_seconds": f"{self.train_seconds:.1f}",
+                        }
+                    )
+                    window_loss, window_steps, window_t = (
+                        torch.zeros((), device=self.device),
+                        0,
+                        time.perf_counter(),
+                    )
+                due = self.step % cfg.checkpoint_every == 0
+                if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                    if self.rank == 0:
+                        self.save()
+                    last_ckpt = time.monotonic()
+                if (
+                    cfg.sample_every
+                    and self.step % cfg.sample_every == 0
+                    and self.on_sample
+                    and self.rank == 0
+                ):
+                    self.on_sample(self.ema.model, self.step)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            bar.close()
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
+        if self.rank == 0:
+            self.save()
+        if interrupted:
+            raise KeyboardInterrupt
+        return {"step": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen}
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights with a one-line error when they belong to another model or config."""
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+    bad_shape = [k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape]
+    if missing or unexpected or bad_shape:
+        detail = sorted(missing)[:1] or sorted(unexpected)[:1] or bad_shape[:1]
+        raise ckpt.CheckpointError(
+            f"{source}: these weights belong to another model or config (first mismatch: {detail[0]})"
+        )
+    model.load_state_dict(tensors)

@@ -1,0 +1,126 @@
+"""Pictures: scatter plots of 2-D samples, image grids and GIFs of the diffusion processes."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+LIM = (-1.6, 1.6)
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def scatter_axes(ax, points, reference=None, title: str | None = None, s: float = 2.0) -> None:
+    """Draw 2-D points (and, faintly, reference data) on one axis with the fixed data limits."""
+    if reference is not None:
+        r = _np(reference)
+        ax.scatter(r[:, 0], r[:, 1], s=s, c="#bbbbbb", alpha=0.5, linewidths=0, label="data")
+    p = _np(points)
+    ax.scatter(p[:, 0], p[:, 1], s=s, c="#1f77b4", alpha=0.8, linewidths=0, label="samples")
+    ax.set(xlim=LIM, ylim=LIM, aspect="equal", xticks=[], yticks=[])
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def save_scatter(path: Path, points, reference=None, title: str | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    scatter_axes(ax, points, reference, title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def scatter_row(path: Path, panels: Sequence, titles: Sequence[str], reference=None) -> Path:
+    """Several 2-D point sets side by side (e.g. noising at several t)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.6), dpi=100)
+    for ax, pts, title in zip(np.atleast_1d(axes), panels, titles):
+        scatter_axes(ax, pts, reference, title, s=1.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def points_gif(path: Path, frames: Sequence, titles: Sequence[str], duration_ms: int = 80) -> Path:
+    """An animated GIF of 2-D point clouds, one frame per entry (the last frame is held longer)."""
+    images = []
+    for pts, title in zip(frames, titles):
+        fig, ax = plt.subplots(figsize=(3.2, 3.2), dpi=80)
+        scatter_axes(ax, pts, title=title, s=2.0)
+        fig.tight_layout()
+        fig.canvas.draw()
+        images.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]))
+        plt.close(fig)
+    return _save_gif(path, images, duration_ms)
+
+
+def _save_gif(path: Path, images: list[Image.Image], duration_ms: int) -> Path:
+    durations = [duration_ms] * (len(images) - 1) + [duration_ms * 15]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return Path(path)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [−1, 1] → (N, H, W, C) uint8."""
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> Image.Image:
+    """Tile (N, C, H, W) images in [−1, 1] into one picture, ``nrow`` per row (square by default)."""
+    arr = to_uint8(images)
+    n, h, w, c = arr.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    canvas = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(arr):
+        r, q = divmod(i, nrow)
+        canvas[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+        ] = img
+    picture = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+    return (
+        picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        if scale > 1
+        else picture
+    )
+
+
+def save_grid(path: Path, images: torch.Tensor, nrow: int | None = None, scale: int = 2) -> Path:
+    grid_image(images, nrow, scale=scale).save(path)
+    return Path(path)
+
+
+def grid_gif(
+    path: Path, frames: Sequence[torch.Tensor], nrow: int | None = None, duration_ms: int = 60
+) -> Path:
+    """An animated GIF of image grids (e.g. the reverse process from noise to digits)."""
+    return _save_gif(path, [grid_image(f, nrow, scale=2).convert("P") for f in frames], duration_ms)
+
+
+def loss_curve(path: Path, metrics_csv: Path) -> Path | None:
+    """Plot the loss column of a run's metrics.csv (log scale)."""
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
+    ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

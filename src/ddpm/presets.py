@@ -1,0 +1,71 @@
+"""Named starting points for ``ddpm train PRESET``; any value can still be changed with ``--set``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ddpm.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
+
+
+def spiral() -> Config:
+    """The 2-D spiral with the default (residual) MLP: trains in well under a minute on 2 CPU cores."""
+    return Config(
+        data=DataConfig(name="spiral"),
+        model=ModelConfig("mlp", {"hidden": 128, "layers": 4}),
+        diffusion=DiffusionConfig(schedule="cosine", T=200, clip_x0=1.0),
+        train=TrainConfig(
+            batch_size=512,
+            lr=2e-3,
+            max_steps=3000,
+            warmup_steps=100,
+            ema_decay=0.995,
+            log_every=100,
+            checkpoint_every=1000,
+        ),
+        sample=SampleConfig(eval_n=2000),
+    )
+
+
+def spiral_series() -> Config:
+    """The series' own small model (a plain chain of 3 layers of 32 units, about 5k parameters)."""
+    cfg = spiral()
+    cfg.model = ModelConfig("mlp", {"hidden": 32, "layers": 3, "residual": False, "time_dim": 16})
+    return cfg
+
+
+def toy(name: str) -> Callable[[], Config]:
+    def make() -> Config:
+        cfg = spiral()
+        cfg.data.name = name
+        return cfg
+
+    make.__doc__ = f"The {name.replace('_', ' ')} 2-D data set with the spiral's recipe."
+    return make
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "spiral": spiral,
+    "spiral-series": spiral_series,
+    "moons": toy("moons"),
+    "s-curve": toy("s_curve"),
+    "swiss-roll": toy("swiss_roll"),
+    "eight-gaussians": toy("eight_gaussians"),
+}
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a config file"
+        )
+    cfg = PRESETS[name]()
+    cfg.preset = name
+    return cfg

@@ -1,0 +1,226 @@
+"""One run = one folder. Build a run from its config, train it, load it back, sample from it.
+
+This is the glue between the layers (data, diffusion, models, engine, evaluation); the CLI and the
+notebooks call these functions and hold no logic of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddpm import diffusion, plotting
+from ddpm.config import Config, ConfigError, validate
+from ddpm.data import Dataset, load_dataset
+from ddpm.engine import checkpoint as ckpt
+from ddpm.engine.trainer import Trainer, load_into, resolve_device
+from ddpm.models import build_model, count_parameters
+from ddpm.samplers import SAMPLERS, make_denoiser  # noqa: F401 (SAMPLERS re-exported for the CLI)
+from ddpm.schedules import Schedule, make_schedule
+
+CONFIG_FILE = "config.json"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked; the message is one line."""
+
+
+def build_schedule(cfg: Config) -> Schedule:
+    d = cfg.diffusion
+    return make_schedule(d.schedule, d.T, zero_terminal_snr=d.zero_terminal_snr)
+
+
+def is_image(cfg: Config) -> bool:
+    return cfg.model.name != "mlp"
+
+
+def model_kwargs(cfg: Config) -> dict:
+    """The model's constructor arguments: the config's, plus the channels of image data."""
+    kwargs = dict(cfg.model.kwargs)
+    if is_image(cfg):
+        kwargs.setdefault("in_channels", cfg.data.channels)
+    return kwargs
+
+
+def data_shape(cfg: Config) -> tuple[int, ...]:
+    """The shape of one sample: (2,) for points, (C, H, W) for images."""
+    return (cfg.data.channels, cfg.data.image_size, cfg.data.image_size) if is_image(cfg) else (2,)
+
+
+def make_loss_fn(cfg: Config, schedule: Schedule, num_classes: int | None):
+    """The diffusion training loss as the engine wants it: ``loss_fn(model, x0, y, generator)``."""
+    d = cfg.diffusion
+
+    def loss_fn(model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator):
+        b = x0.shape[0]
+        t = torch.randint(0, schedule.T, (b,), device=x0.device, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        if y is not None and num_classes and d.p_uncond > 0:
+            # Classifier-free guidance (Ho & Salimans 2022): drop labels to the "no label" index.
+            drop = torch.rand(b, device=x0.device, generator=generator) < d.p_uncond
+            y = torch.where(drop, torch.full_like(y, num_classes), y)
+        return diffusion.training_loss(
+            lambda x_t, tt: model(x_t, tt, y), x0, t, noise, schedule, d.prediction, d.min_snr_gamma
+        )
+
+    return loss_fn
+
+
+def prepare_out(out: Path, restart: bool) -> None:
+    """Check ``--out`` before anything is written: a folder we can write, never an existing file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: is a file, not a run folder")
+    if restart and out.is_dir():
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for name in ("metrics.csv", "metrics.json"):
+            (out / name).unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"--out {out}: cannot write there ({e.strerror})") from None
+
+
+def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
+    """Train (or resume) the run in ``out``; write config, checkpoints, metrics and pictures.
+
+    An existing run folder is resumed from its latest checkpoint with the config it was started with;
+    only the budgets (``max_steps``, ``max_minutes``) may differ.
+    """
+    out = Path(out)
+    validate(cfg)
+    prepare_out(out, restart)
+    latest = ckpt.latest_checkpoint(out)
+    if latest is not None and (out / CONFIG_FILE).exists():
+        saved = Config.load(out / CONFIG_FILE)
+        saved.train.max_steps, saved.train.max_minutes = cfg.train.max_steps, cfg.train.max_minutes
+        if saved.to_dict() != cfg.to_dict():
+            log(f"resuming {out}: using its saved config (only the step and time budgets are taken from now)")
+        cfg = saved
+    cfg.save(out / CONFIG_FILE)
+
+    data = load_dataset(cfg.data)
+    schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
+    model = build_model(cfg.model.name, **model_kwargs(cfg))
+    log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
+    sample_dir = out / "samples"
+
+    def on_sample(ema_model: nn.Module, step: int) -> None:
+        sample_dir.mkdir(exist_ok=True)
+        x = sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0, num_classes=data.num_classes)
+        if data.is_image:
+            plotting.save_grid(sample_dir / f"step-{step:08d}.png", x)
+        else:
+            plotting.save_scatter(sample_dir / f"step-{step:08d}.png", x, data.x[:4000], f"step {step}")
+
+    loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
+    trainer = Trainer(
+        model, loss_fn, data.x, data.y, cfg.train, out, seed=cfg.seed, on_sample=on_sample, log=log
+    )
+    if latest is not None:
+        trainer.resume(latest)
+        log(f"resumed from {latest.name} (step {trainer.step})")
+    summary = trainer.fit()
+    on_sample(trainer.ema.model, trainer.step)
+    if (out / "metrics.csv").exists():
+        plotting.loss_curve(out / "loss.png", out / "metrics.csv")
+    metrics = {"step": trainer.step, "parameters": count_parameters(model), **summary}
+    metrics.update(evaluate(cfg, trainer.ema.model, schedule, data))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset) -> dict:
+    """End-of-training metrics: for 2-D sets, distance to the curve and the energy distance with its floor."""
+    if data.is_image or cfg.sample.eval_n == 0:
+        return {}
+    from ddpm.evaluation.points import points_metrics
+
+    t0 = time.perf_counter()
+    x = sample(cfg, model, schedule, cfg.sample.eval_n, seed=cfg.seed + 1)
+    seconds = time.perf_counter() - t0
+    return {**points_metrics(x.cpu(), cfg.data.name, seed=cfg.seed + 2), "sample_seconds": seconds}
+
+
+@torch.no_grad()
+def sample(
+    cfg: Config,
+    model: nn.Module,
+    schedule: Schedule,
+    n: int,
+    seed: int = 0,
+    label: int | None = None,
+    num_classes: int | None = None,
+    callback=None,
+    batch_size: int = 4096,
+) -> torch.Tensor:
+    """Draw ``n`` samples with the run's sampler, in batches; ``label`` picks a class (conditional models)."""
+    device = next(model.parameters()).device
+    shape = (n, *data_shape(cfg))
+    generator = torch.Generator(device).manual_seed(seed)
+    sampler = SAMPLERS[cfg.sample.sampler]
+    timesteps = None
+    if cfg.sample.steps:
+        stride = schedule.T / cfg.sample.steps
+        timesteps = sorted({int(round(i * stride)) for i in range(cfg.sample.steps)}, reverse=True)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        y = None if label is None else torch.full((b,), label, device=device, dtype=torch.long)
+        denoise = make_denoiser(
+            lambda x, t, y=y: model(x, t, y), schedule, cfg.diffusion.prediction, cfg.diffusion.clip_x0
+        )
+        x_T = torch.randn((b, *shape[1:]), generator=generator, device=device)
+        chunks.append(
+            sampler(
+                denoise,
+                x_T,
+                schedule,
+                timesteps,
+                generator=generator,
+                callback=callback if start == 0 else None,
+            )
+        )
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    model: nn.Module
+    schedule: Schedule
+    step: int
+    checkpoint: Path
+
+
+def load_run(run_dir: Path, weights: str = "ema", device: str | None = None) -> LoadedRun:
+    """Rebuild a run's model from its folder alone (config.json and the latest checkpoint)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+    cfg = Config.load(run_dir / CONFIG_FILE)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise RunError(f"{run_dir}: has no checkpoint yet")
+    dev = resolve_device(device or cfg.train.device)
+    try:
+        model = build_model(cfg.model.name, **model_kwargs(cfg))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{run_dir}/{CONFIG_FILE}: cannot build the model ({e})") from None
+    path = latest / f"{weights}.safetensors"
+    load_into(model, ckpt.load_tensors(path), path)
+    state = ckpt.load_state(latest)
+    return LoadedRun(cfg, model.to(dev).eval(), build_schedule(cfg).to(dev), state["step"], latest)

@@ -1,0 +1,82 @@
+"""The command line, end to end on a tiny run: train, resume, sample, info, and one-line refusals."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from ddpm.cli import main
+from tests.conftest import TINY
+
+SETS = [arg for item in TINY for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "spiral", "--out", str(out), "--max-steps", "15", "--seed", "3", *SETS]) == 0
+    return out
+
+
+def test_train_writes_the_run_folder(tiny_run):
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["step"] == 15
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["seed"] == 3 and cfg["diffusion"]["T"] == 20 and cfg["preset"] == "spiral"
+    assert (tiny_run / "samples").is_dir() and any((tiny_run / "samples").iterdir())
+
+
+def test_rerun_resumes_and_extends(tiny_run, capsys):
+    assert main(["train", "spiral", "--out", str(tiny_run), "--max-steps", "20", *SETS]) == 0
+    assert json.loads((tiny_run / "metrics.json").read_text())["step"] == 20
+
+
+def test_sample_from_the_folder_alone(tiny_run, tmp_path):
+    png, gif = tmp_path / "points.png", tmp_path / "reverse.gif"
+    assert main(["sample", str(tiny_run), "--n", "300", "--out", str(png), "--gif", str(gif)]) == 0
+    assert Image.open(png).size[0] > 100
+    with Image.open(gif) as im:
+        assert im.n_frames > 5
+
+
+def test_info_json(tiny_run, capsys):
+    assert main(["info", str(tiny_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"step", "parameters", "weights_sha256", "ema_sha256", "world_size", "config"} <= set(info)
+    assert info["world_size"] == 1 and len(info["weights_sha256"]) == 64
+    assert info["weights_sha256"] != info["ema_sha256"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "no-such-preset", "--out", "{tmp}/r"], "neither a preset"),
+        (["train", "spiral", "--out", "{tmp}/r", "--set", "diffusion.T=0"], "T must be at least 1"),
+        (["train", "spiral", "--out", "{tmp}/r", "--set", "schedule=zigzag"], "unknown schedule"),
+        (["train", "spiral", "--out", "{tmp}/r", "--max-steps", "-3"], "max_steps must be non-negative"),
+        (["train", "spiral", "--out", "{tmp}/r", "--set", "train.nope=1"], "unknown key"),
+        (["train", "spiral", "--out", "{tmp}/file.txt"], "is a file"),
+        (["sample", "{tmp}", "--out", "{tmp}/x.png"], "not a run folder"),
+    ],
+)
+def test_refusals_are_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "file.txt").write_text("keep me")
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert message in err and len(err.splitlines()) == 1, err
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_label_on_unconditional_model_is_refused(tiny_run, tmp_path, capsys):
+    assert main(["sample", str(tiny_run), "--out", str(tmp_path / "x.png"), "--label", "3"]) == 2
+    assert "unconditional" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "ddpm", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout and "sample" in out.stdout
