@@ -136,6 +136,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_data_fetch(args) -> int:
+    from ddpm.data import images
+
+    for name in args.names:
+        folder = images.fetch(name, root=args.root, source_dir=args.source, allow_apt=not args.no_apt)
+        print(f"{name}: verified in {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm", description="Denoising diffusion probabilistic models from first principles."
@@ -166,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="manage data sets")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("fetch", help="download (or find) and verify MNIST-like data sets")
+    p.add_argument(
+        "names", nargs="+", choices=("mnist", "fashion-mnist"), metavar="NAME", help="mnist, fashion-mnist"
+    )
+    p.add_argument("--root", help="cache folder (default: $DDPM_DATA or ~/.cache/ddpm)")
+    p.add_argument("--source", help="a folder already holding the IDX files (raw or .gz), tried first")
+    p.add_argument("--no-apt", action="store_true", help="never install the Debian package")
+    p.set_defaults(func=cmd_data_fetch)
 
     p = sub.add_parser("info", help="describe a run: config, step, metrics, weight checksums")
     p.add_argument("run", help="the run folder")

@@ -86,9 +86,9 @@ def predict_x0_from_eps(
 def predict_eps_from_x0(
     x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, schedule: Schedule
 ) -> torch.Tensor:
-    """ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t): eq. 15 turned around."""
-    return (extract(schedule.sqrt_recip_alpha_bar, t, x_t) * x_t - x0) / extract(
-        schedule.sqrt_recipm1_alpha_bar, t, x_t
+    """ε = (x_t − √ᾱ_t x_0) / √(1 − ᾱ_t): eq. 15 turned around (finite even where ᾱ_t = 0)."""
+    return (x_t - extract(schedule.sqrt_alpha_bar, t, x_t) * x0) / extract(
+        schedule.sqrt_one_minus_alpha_bar, t, x_t
     )
 
 
@@ -167,7 +167,8 @@ def p_mean_variance(
         return mean, post_var, post_log_var, x0
     if variance == "large":
         # β_1 is replaced by β̃_2 as in Ho et al.'s code, so that log σ_1² stays finite and small.
-        betas = torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]])
+        first = schedule.posterior_variance[1:2] if schedule.T > 1 else schedule.betas[:1]
+        betas = torch.cat([first, schedule.betas[1:]])
         return mean, extract(betas, t, x_t), extract(betas.log(), t, x_t), x0
     raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
 
@@ -217,7 +218,8 @@ def min_snr_weight(t: torch.Tensor, schedule: Schedule, prediction: str, gamma: 
         return torch.ones(t.shape, device=t.device)
     snr = schedule.snr.to(t.device)[t]
     clipped = snr.clamp(max=gamma)
-    weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]
+    # min(SNR, γ) / SNR written as min(γ / SNR, 1), so that SNR = 0 (zero-terminal SNR) gives 1, not 0/0.
+    weight = {"eps": (gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1)}[prediction]
     return weight.float()
 
 
