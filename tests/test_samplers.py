@@ -27,7 +27,9 @@ def test_ddpm_sampler_equals_algorithm_2(prediction, variance, clip):
     for t in full_timesteps(schedule):
         tt = torch.full((8,), t, dtype=torch.long)
         noise = torch.randn(x.shape, generator=g, dtype=x.dtype) if t > 0 else torch.zeros_like(x)
-        x, _ = diffusion.p_sample_step(fake_model(x, tt.float()), x, tt, schedule, noise, prediction, variance, clip)
+        x, _ = diffusion.p_sample_step(
+            fake_model(x, tt.float()), x, tt, schedule, noise, prediction, variance, clip
+        )
     assert torch.allclose(got, x, atol=1e-10)
 
 
@@ -42,5 +44,7 @@ def test_callback_sees_every_step():
 def test_subset_of_steps_runs_and_ends_deterministic():
     schedule = make_schedule("linear", 100)
     denoise = make_denoiser(fake_model, schedule, "eps", 1.0)
-    x = ddpm_sample(denoise, torch.randn(16, 2), schedule, [99, 66, 33, 0], generator=torch.Generator().manual_seed(0))
+    x = ddpm_sample(
+        denoise, torch.randn(16, 2), schedule, [99, 66, 33, 0], generator=torch.Generator().manual_seed(0)
+    )
     assert x.shape == (16, 2) and torch.isfinite(x).all() and x.abs().max() <= 1.0 + 1e-6
