@@ -14,7 +14,7 @@ SMALL_UNET = dict(
     num_res_blocks=1,
     attention_resolutions=(7,),
     num_heads=2,
-    groups=8,
+    groups=32,  # reduced to 4 groups of 4 channels: the time bias must survive the norm
     dropout=0.0,
 )
 
@@ -83,6 +83,18 @@ def test_time_dependence():
         series = models["series"].eval()
         assert torch.equal(series(x, t), series(x, t2))
         assert torch.equal(series(x, t), series(x, None))
+
+
+def test_integer_and_scalar_timesteps():
+    """t may also arrive as a long tensor (``torch.randint``) or as one number for the whole batch."""
+    x, t = _inputs(2, 1, 28)
+    t = torch.tensor([7.0, 7.0])
+    for name, model in _models(1, 28).items():
+        model = _perturb(model)
+        with torch.no_grad():
+            ref = model(x, t)
+            torch.testing.assert_close(model(x, t.long()), ref, msg=name)
+            torch.testing.assert_close(model(x, torch.tensor(7)), ref, msg=name)
 
 
 def test_class_conditioning():
@@ -172,5 +184,8 @@ def test_series_parameter_counts():
 
 def test_groups_auto_reduce():
     model = UNet(model_channels=24, channel_mult=(1, 2), attention_resolutions=(14,), num_heads=3, groups=32)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert all(m.num_channels % m.num_groups == 0 for m in norms)
+    assert all(m.num_channels // m.num_groups >= 4 for m in norms)  # never instance norm
     x, t = _inputs(2, 1, 28)
     assert model(x, t).shape == x.shape

@@ -22,7 +22,7 @@ def spiral() -> Config:
         model=ModelConfig("mlp", {"hidden": 128, "layers": 4}),
         diffusion=DiffusionConfig(schedule="cosine", T=200, clip_x0=1.0),
         train=TrainConfig(
-            num_threads=1,  # a tiny MLP: more threads only add synchronisation (and suffer most from a busy CPU)
+            num_threads=1,  # a tiny MLP: more threads only add synchronisation (and suffer on a busy CPU)
             batch_size=512,
             lr=2e-3,
             max_steps=2000,
