@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ddpm.fileio import atomic_write_text
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message is one line meant for the user."""
@@ -97,7 +99,7 @@ class Config:
         return _from_dict(cls, d)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Config:

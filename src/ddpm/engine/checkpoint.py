@@ -68,8 +68,9 @@ def save_checkpoint(
     final = root / f"{PREFIX}{step:08d}"
     if final.exists():
         return final
+    for stale in root.glob(".tmp-*"):  # left by a process killed mid-write: never a valid checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         for name, group in tensors.items():

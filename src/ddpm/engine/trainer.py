@@ -177,7 +177,10 @@ class Trainer:
             return
         with open(self.metrics_path, newline="") as f:
             rows = list(csv.reader(f))
-        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        # A process killed mid-write can leave a partial last row: keep only complete rows up to our step.
+        kept = rows[:1] + [
+            r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= self.step
+        ]
         with open(self.metrics_path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
