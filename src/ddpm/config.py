@@ -62,7 +62,7 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
-    precision: str = "fp32"  # fp32 or bf16 (autocast)
+    precision: str = "auto"  # fp32, bf16 (autocast) or auto (bf16 where the hardware has it natively)
     channels_last: bool = False
     device: str = "auto"  # auto, cpu, cuda, cuda:1, …
     num_threads: int | None = None  # CPU threads; None = torch's default
@@ -220,7 +220,10 @@ def validate(cfg: Config) -> Config:
         (tr.lr > 0, f"train.lr must be positive, got {tr.lr}"),
         (tr.warmup_steps >= 0, "train.warmup_steps must be non-negative"),
         (0 <= tr.ema_decay < 1, "train.ema_decay must lie in [0, 1)"),
-        (tr.precision in ("fp32", "bf16"), f"train.precision must be fp32 or bf16, got {tr.precision!r}"),
+        (
+            tr.precision in ("auto", "fp32", "bf16"),
+            f"train.precision must be auto, fp32 or bf16, got {tr.precision!r}",
+        ),
         (tr.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
         (
             tr.log_every >= 1 and tr.checkpoint_every >= 1,

@@ -23,6 +23,7 @@ def spiral() -> Config:
         diffusion=DiffusionConfig(schedule="cosine", T=200, clip_x0=1.0),
         train=TrainConfig(
             num_threads=1,  # a tiny MLP: more threads only add synchronisation (and suffer on a busy CPU)
+            precision="fp32",
             batch_size=512,
             lr=2e-3,
             max_steps=2000,
@@ -57,6 +58,66 @@ def toy(name: str) -> Callable[[], Config]:
     return make
 
 
+def _mnist(model: ModelConfig, dataset: str = "mnist", **diffusion) -> Config:
+    """Common recipe of the image presets: batch 64, AdamW with warm-up and cosine decay, EMA, a sample
+    grid every 500 steps. The default budget (3,000 steps) is about 40 minutes of the UNet on 2 CPU cores;
+    on a GPU raise it with ``--max-steps``."""
+    return Config(
+        data=DataConfig(name=dataset, image_size=28, channels=1),
+        model=model,
+        diffusion=DiffusionConfig(**{"schedule": "cosine", "T": 1000, "clip_x0": 1.0, **diffusion}),
+        train=TrainConfig(
+            batch_size=64,
+            lr=5e-4,
+            warmup_steps=200,
+            max_steps=3000,
+            ema_decay=0.999,
+            log_every=20,
+            checkpoint_every=500,
+            sample_every=500,
+            sample_n=36,
+        ),
+        # 100 evenly spaced ancestral steps keep periodic grids affordable on a CPU; `ddpm sample --steps`
+        # chooses per call.
+        sample=SampleConfig(steps=100, eval_n=0),
+    )
+
+
+def mnist_tiny() -> Config:
+    """The series' UNet without time conditioning (about 54k parameters): it must guess the noise level."""
+    return _mnist(ModelConfig("series_unet", {"time_conditioning": False}), schedule="linear")
+
+
+def mnist_time() -> Config:
+    """The same UNet with a sinusoidal time embedding added in every block (about 61k parameters)."""
+    return _mnist(ModelConfig("series_unet", {"time_conditioning": True}), schedule="linear")
+
+
+UNET = {
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attention_resolutions": [7],
+    "num_heads": 4,
+    "dropout": 0.0,
+}
+
+
+def mnist_unet() -> Config:
+    """The real UNet (ResNet blocks, attention at 7×7, time embedding; 1.1M parameters), cosine schedule."""
+    return _mnist(ModelConfig("unet", dict(UNET)))
+
+
+def mnist_cond() -> Config:
+    """The UNet with a class embedding and 10 % label dropout, for classifier-free guidance."""
+    return _mnist(ModelConfig("unet", {**UNET, "num_classes": 10}), p_uncond=0.1)
+
+
+def fashion_unet() -> Config:
+    """The UNet on Fashion-MNIST."""
+    return _mnist(ModelConfig("unet", dict(UNET)), dataset="fashion-mnist")
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "spiral": spiral,
     "spiral-series": spiral_series,
@@ -64,6 +125,11 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "s-curve": toy("s_curve"),
     "swiss-roll": toy("swiss_roll"),
     "eight-gaussians": toy("eight_gaussians"),
+    "mnist-tiny": mnist_tiny,
+    "mnist-time": mnist_time,
+    "mnist-unet": mnist_unet,
+    "mnist-cond": mnist_cond,
+    "fashion-unet": fashion_unet,
 }
 
 
