@@ -17,7 +17,18 @@ ARGS = [arg for item in [*TINY, "train.checkpoint_every=3", "train.num_threads=1
 
 
 def train(out, steps):
-    cmd = [sys.executable, "-m", "ddpm", "train", "spiral", "--out", str(out), "--max-steps", str(steps), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ddpm",
+        "train",
+        "spiral",
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        *ARGS,
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
