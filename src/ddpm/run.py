@@ -132,10 +132,16 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
         trainer.resume(latest)
         log(f"resumed from {latest.name} (step {trainer.step})")
     summary = trainer.fit()
+    t0 = time.perf_counter()
     on_sample(trainer.ema.model, trainer.step)
+    grid_seconds = time.perf_counter() - t0
     if (out / "metrics.csv").exists():
         plotting.loss_curve(out / "loss.png", out / "metrics.csv")
     metrics = {"step": trainer.step, "parameters": count_parameters(model), **summary}
+    metrics["train_images_per_s"] = summary["images_seen"] / max(summary["train_seconds"], 1e-9)
+    # Throughput of the final sample grid, at the run's number of sampling steps.
+    metrics["sample_images_per_s"] = cfg.train.sample_n / grid_seconds
+    metrics["sample_steps"] = cfg.sample.steps or cfg.diffusion.T
     metrics.update(evaluate(cfg, trainer.ema.model, schedule, data))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
