@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 RUNS ?= runs
 
-.PHONY: install demo demo-spiral test lint clean
+.PHONY: install demo demo-spiral demo-mnist test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,12 +17,19 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: demo-spiral
+demo: demo-spiral demo-mnist
 
 demo-spiral: install
 	$(BIN)/ddpm train spiral --out $(RUNS)/spiral --restart
 	$(BIN)/ddpm sample $(RUNS)/spiral --n 2000 --out $(RUNS)/spiral/points.png --gif $(RUNS)/spiral/reverse.gif
 	@echo "pictures: $(RUNS)/spiral/points.png, reverse.gif, samples/, loss.png; metrics: $(RUNS)/spiral/metrics.json"
+
+# A few minutes of the series' time-conditioned UNet on MNIST (fetched and verified on first use).
+DEMO_MINUTES ?= 4
+demo-mnist: install
+	$(BIN)/ddpm train mnist-time --out $(RUNS)/mnist --restart --max-minutes $(DEMO_MINUTES)
+	$(BIN)/ddpm sample $(RUNS)/mnist --n 64 --out $(RUNS)/mnist/grid.png --gif $(RUNS)/mnist/reverse.gif
+	@echo "pictures: $(RUNS)/mnist/grid.png, reverse.gif, loss.png; throughput: $(RUNS)/mnist/metrics.json"
 
 test: install
 	$(BIN)/ruff check .

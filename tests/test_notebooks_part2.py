@@ -1,0 +1,138 @@
+"""The part-2 walkthrough notebooks (MNIST) run as scripts and write their figures.
+
+Each notebook trains for a few seconds (``--minutes``), then draws a handful of samples with a few reverse
+steps; all three are started together (one torch thread each) and each test waits for its own. MNIST comes
+from ``$DDPM_DATA`` when that is set, else from a cache shared by the session (``/tmp/ddpm-data``), which
+the library fills on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ddpm.data.images import fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+TIMEOUT_S = 300
+SAMPLE_STEPS = 5
+FAST = ["--samples", "4", "--sample-steps", str(SAMPLE_STEPS), "--log-every", "1"]
+FIGURES = [
+    "loss.png",
+    "denoising.png",
+    "samples.png",
+    "reverse_process.gif",
+    "reverse_x0_guess.gif",
+    "reverse_snapshots.png",
+]
+
+# notebook -> (extra arguments, files it must write)
+CASES = {
+    "2_1_mnist": (["--minutes", "0.1", *FAST], FIGURES),
+    "2_2_mnist": (["--minutes", "0.1", *FAST], [*FIGURES, "error_by_t.png"]),
+    # The big UNet takes about a second a step here: 0.15 minutes is a handful of steps.
+    "2_3_unet": (["--minutes", "0.15", *FAST], [*FIGURES, "schedules.png"]),
+}
+TEST_OF = {name: f"test_{name}" for name in CASES}
+
+
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory):
+    """Start every selected notebook at once; yields {name: (process, out folder, log file)}."""
+    selected = {item.originalname for item in request.session.items if item.module is request.module}
+    data = os.environ.get("DDPM_DATA") or "/tmp/ddpm-data"
+    fetch("mnist", root=data, progress=False)  # once, here, rather than by three notebooks at once
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "DDPM_DATA": data}
+    procs = {}
+    for name, (extra, _) in CASES.items():
+        if TEST_OF[name] not in selected:
+            continue
+        out = tmp_path_factory.mktemp(name)
+        log = open(out.parent / f"{name}.log", "w+")
+        cmd = [
+            sys.executable,
+            str(NOTEBOOKS / f"{name}.py"),
+            "--out",
+            str(out / "figs"),
+            "--threads",
+            "1",
+            *extra,
+        ]
+        procs[name] = (
+            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
+            out,
+            log,
+        )
+    yield procs
+    for proc, _, log in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def finish(launched, name: str) -> tuple[Path, str]:
+    """Wait for notebook ``name``; assert it succeeded and wrote its files; returns (figures folder, log)."""
+    proc, out, log = launched[name]
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{name} did not finish within {TIMEOUT_S} s")
+    log.seek(0)
+    text = log.read()
+    assert proc.returncode == 0, f"{name} failed (exit {proc.returncode}):\n{text[-4000:]}"
+    figs = out / "figs"
+    for rel in CASES[name][1]:
+        path = figs / rel
+        assert path.is_file() and path.stat().st_size > 0, f"{name} did not write {rel}\n{text[-2000:]}"
+        assert f"wrote {path}" in text, f"{name} did not report writing {rel}"
+    for path in figs.rglob("*.png"):
+        with Image.open(path) as im:
+            im.verify()
+    for path in figs.rglob("*.gif"):
+        with Image.open(path) as im:
+            assert im.format == "GIF"
+            # One frame per reverse step (identical neighbours could be merged, so allow one less).
+            assert im.n_frames >= SAMPLE_STEPS - 1, f"{path.name} has only {im.n_frames} frames"
+            im.seek(im.n_frames - 1)  # decodes through to the last frame
+    assert (figs / "run" / "config.json").is_file()
+    return figs, text
+
+
+def assert_samples(figs: Path, n: int = 4) -> None:
+    """samples.png is a square grid of ``n`` 28×28 digits (``save_grid``: 2-pixel gaps, doubled in size)."""
+    cols = math.ceil(math.sqrt(n))
+    side = 2 * (cols * (28 + 2) + 2)
+    with Image.open(figs / "samples.png") as im:
+        assert im.size == (side, side)
+
+
+@pytest.mark.slow
+def test_2_1_mnist(launched):
+    figs, text = finish(launched, "2_1_mnist")
+    assert "53,921 parameters" in text  # the series' UNet without time
+    assert_samples(figs)
+
+
+@pytest.mark.slow
+def test_2_2_mnist(launched):
+    figs, text = finish(launched, "2_2_mnist")
+    assert "61,313 parameters" in text  # the same UNet with a time embedding
+    assert "no run of notebook 2.1 to compare with" in text  # each test has its own --out
+    assert_samples(figs)
+
+
+@pytest.mark.slow
+def test_2_3_unet(launched):
+    figs, text = finish(launched, "2_3_unet")
+    assert "1,112,801 parameters" in text
+    assert "AttentionBlock  (64, 7, 7)" in text  # the block-by-block trace
+    assert_samples(figs)
