@@ -305,7 +305,7 @@ class Trainer:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, fused into one kernel where this torch supports it (its optimiser step measured 3.6× faster on CPU)."""
+    """AdamW, fused into one kernel where this torch supports it (its step measured 3.6× faster on CPU)."""
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     try:
         return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
