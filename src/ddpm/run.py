@@ -110,6 +110,10 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
     cfg.save(out / CONFIG_FILE)
 
     data = load_dataset(cfg.data)
+    classes = cfg.model.kwargs.get("num_classes")
+    if classes and data.num_classes != classes:
+        have = f"{data.num_classes} classes" if data.num_classes else "no labels"
+        raise RunError(f"the model is conditional on {classes} classes but the data set has {have}")
     schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
     model = build_model(cfg.model.name, **model_kwargs(cfg))

@@ -138,6 +138,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(seed * 7919 + rank)
         self.step, self.train_seconds, self.images_seen = 0, 0.0, 0
         self.metrics_path = self.run_dir / "metrics.csv"
+        self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if rank == 0 else None
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -228,6 +229,10 @@ class Trainer:
     def _log_row(self, row: dict) -> None:
         if self.rank:
             return
+        if self.tensorboard is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.tensorboard.add_scalar(key, float(value), int(row["step"]))
         new = not self.metrics_path.exists()
         with open(self.metrics_path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(row))
@@ -302,6 +307,15 @@ class Trainer:
         if interrupted:
             raise KeyboardInterrupt
         return {"step": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen}
+
+
+def _tensorboard(log_dir: Path):
+    """A TensorBoard writer when the ``tensorboard`` package is installed; metrics.csv is always written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir))
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
