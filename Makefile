@@ -25,9 +25,9 @@ demo-spiral: install
 	@echo "pictures: $(RUNS)/spiral/points.png, reverse.gif, samples/, loss.png; metrics: $(RUNS)/spiral/metrics.json"
 
 # A few minutes of the series' time-conditioned UNet on MNIST (fetched and verified on first use).
-DEMO_MINUTES ?= 4
+DEMO_MINUTES ?= 5
 demo-mnist: install
-	$(BIN)/ddpm train mnist-time --out $(RUNS)/mnist --restart --max-minutes $(DEMO_MINUTES)
+	$(BIN)/ddpm train mnist-time --out $(RUNS)/mnist --restart --max-steps 2000 --max-minutes $(DEMO_MINUTES)
 	$(BIN)/ddpm sample $(RUNS)/mnist --n 64 --out $(RUNS)/mnist/grid.png --gif $(RUNS)/mnist/reverse.gif
 	@echo "pictures: $(RUNS)/mnist/grid.png, reverse.gif, loss.png; throughput: $(RUNS)/mnist/metrics.json"
 

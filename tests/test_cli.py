@@ -119,3 +119,11 @@ def test_class_count_mismatch_is_refused(tmp_path, capsys):
     argv = ["train", "mnist-cond", "--out", str(tmp_path / "run"), "--max-steps", "1"]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 2
     assert "conditional on 10 classes but the data set has 3 classes" in capsys.readouterr().err
+
+
+def test_a_config_file_instead_of_a_preset(tiny_run, tmp_path):
+    out = tmp_path / "again"
+    assert main(["train", str(tiny_run / "config.json"), "--out", str(out), "--max-steps", "4"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["diffusion"]["T"] == 20 and cfg["train"]["max_steps"] == 4
+    assert "nll_bits_per_dim" in json.loads((out / "metrics.json").read_text())

@@ -8,15 +8,13 @@ and each test then waits for its own.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
+from tests.notebook_runner import finish as run_finish
+from tests.notebook_runner import launch
+
 TIMEOUT_S = 300
 
 # notebook -> (extra arguments, files it must write)
@@ -58,61 +56,14 @@ TEST_OF = {
 @pytest.fixture(scope="module")
 def launched(request, tmp_path_factory):
     """Start every selected notebook at once; yields {name: (process, out folder, log file)}."""
-    selected = {item.originalname for item in request.session.items if item.module is request.module}
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
-    procs = {}
-    for name, (extra, _) in CASES.items():
-        if TEST_OF[name] not in selected:
-            continue
-        out = tmp_path_factory.mktemp(name)
-        log = open(out.parent / f"{name}.log", "w+")
-        cmd = [
-            sys.executable,
-            str(NOTEBOOKS / f"{name}.py"),
-            "--out",
-            str(out / "figs"),
-            "--threads",
-            "1",
-            *extra,
-        ]
-        procs[name] = (
-            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
-            out,
-            log,
-        )
-    yield procs
-    for proc, _, log in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+    yield from launch(request, tmp_path_factory, CASES, TEST_OF, env)
 
 
 def finish(launched, name: str) -> tuple[Path, str]:
     """Wait for notebook ``name``; assert it succeeded and wrote its files; returns (figures folder, log)."""
-    proc, out, log = launched[name]
-    try:
-        proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"{name} did not finish within {TIMEOUT_S} s")
-    log.seek(0)
-    text = log.read()
-    assert proc.returncode == 0, f"{name} failed (exit {proc.returncode}):\n{text[-4000:]}"
-    figs = out / "figs"
-    for rel in CASES[name][1]:
-        path = figs / rel
-        assert path.is_file() and path.stat().st_size > 0, f"{name} did not write {rel}\n{text[-2000:]}"
-        assert f"wrote {path}" in text or rel.startswith("run/"), f"{name} did not report writing {rel}"
-    for path in figs.rglob("*.png"):
-        with Image.open(path) as im:
-            im.verify()
-    for path in figs.rglob("*.gif"):
-        with Image.open(path) as im:
-            assert im.format == "GIF"
-            assert im.n_frames >= 10, f"{path.name} has only {im.n_frames} frames"
-            im.seek(im.n_frames - 1)  # decodes through to the last frame
-    return figs, text
+    # run/ is written by the engine, which does not print "wrote".
+    return run_finish(launched, name, CASES[name][1], TIMEOUT_S, min_frames=10, unreported=("run/",))
 
 
 def test_1_1_spiral(launched):

@@ -124,3 +124,28 @@ def loss_curve(path: Path, metrics_csv: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def labelled_grid(
+    path: Path,
+    images: torch.Tensor,
+    nrow: int,
+    row_labels: Sequence[str] = (),
+    col_labels: Sequence[str] = (),
+    title: str | None = None,
+) -> Path:
+    """An image grid (``grid_image``) with a label for each row and, on top, each column."""
+    cell, rows = images.shape[-1] + 2, math.ceil(len(images) / nrow)  # grid_image pads by 2 pixels
+    fig, ax = plt.subplots(figsize=(1.4 + 0.5 * nrow, 0.5 + 0.5 * rows), dpi=100)
+    ax.imshow(np.asarray(grid_image(images, nrow)), cmap="gray", vmin=0, vmax=255)
+    ax.set_yticks([cell * (r + 0.5) + 1 for r in range(len(row_labels))], row_labels, fontsize=8)
+    ax.set_xticks([cell * (c + 0.5) + 1 for c in range(len(col_labels))], col_labels, fontsize=8)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

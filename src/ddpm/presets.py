@@ -31,6 +31,7 @@ def spiral() -> Config:
             ema_decay=0.995,
             log_every=100,
             checkpoint_every=1000,
+            sample_n=1000,
         ),
         sample=SampleConfig(eval_n=2000),
     )

@@ -6,6 +6,7 @@ notebooks call these functions and hold no logic of their own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -152,7 +153,8 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
 
 
 def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset) -> dict:
-    """End-of-training metrics: for 2-D sets, distance to the curve and the energy distance with its floor."""
+    """End-of-training metrics for 2-D sets: distance to the curve, the energy distance with its floor, and
+    the negative log-likelihood bound in bits per dimension on held-out points (Ho et al. 2020, eq. 5)."""
     if data.is_image or cfg.sample.eval_n == 0:
         return {}
     from ddpm.evaluation.points import points_metrics
@@ -160,7 +162,23 @@ def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset) -
     t0 = time.perf_counter()
     x = sample(cfg, model, schedule, cfg.sample.eval_n, seed=cfg.seed + 1)
     seconds = time.perf_counter() - t0
-    return {**points_metrics(x.cpu(), cfg.data.name, seed=cfg.seed + 2), "sample_seconds": seconds}
+    metrics = {**points_metrics(x.cpu(), cfg.data.name, seed=cfg.seed + 2), "sample_seconds": seconds}
+    device = next(model.parameters()).device
+    held_out = load_dataset(
+        dataclasses.replace(cfg.data, n_samples=cfg.sample.eval_n, data_seed=cfg.seed + 3)
+    ).x
+    generator = torch.Generator(device).manual_seed(cfg.seed + 4)
+    nll = diffusion.bits_per_dim(
+        lambda x_t, t: model(x_t, t),
+        held_out.to(device),
+        schedule,
+        cfg.diffusion.prediction,
+        cfg.diffusion.variance,
+        discrete=False,
+        generator=generator,
+    )
+    metrics["nll_bits_per_dim"] = nll["total"].mean().item()
+    return metrics
 
 
 @torch.no_grad()
