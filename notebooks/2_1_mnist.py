@@ -57,43 +57,12 @@
 # `--samples` and `--sample-steps` set how many digits are generated and with how many reverse steps.
 
 # %%
-import math
-from pathlib import Path
+# The steps notebooks 2.1–2.3 share (flags, training, the denoising and sampling figures) are in _common.py.
+from _common import denoising_figure, mnist_setup, open_run, reverse_process_figures, train_run
 
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
-from _common import parse_args, wrote
-
-from ddpm.data import load_dataset
-from ddpm.diffusion import q_sample, x0_eps_from_output
-from ddpm.models import count_parameters
-from ddpm.plotting import grid_gif, grid_image, loss_curve, save_grid
-from ddpm.presets import get_preset
-from ddpm.run import load_run, sample, train
-
-
-def _flags(parser):
-    parser.add_argument("--minutes", type=float, default=3.0, help="training time budget of this call")
-    parser.add_argument("--steps", type=int, default=None, help="step budget (default: the preset's)")
-    parser.add_argument("--restart", action="store_true", help="retrain instead of resuming a run in --out")
-    parser.add_argument("--samples", type=int, default=36, help="digits generated from noise")
-    parser.add_argument("--sample-steps", type=int, default=100, help="reverse steps when sampling")
-    parser.add_argument("--log-every", type=int, default=5, help="steps per point of the loss curve")
-
-
-args = parse_args("2_1_mnist", "MNIST with the series' UNet without time conditioning.", _flags)
-out = args.out
-cfg = get_preset("mnist-tiny")
-cfg.train.max_minutes = args.minutes
-if args.steps is not None:
-    cfg.train.max_steps = args.steps
-    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, args.steps // 10))
-cfg.train.log_every = args.log_every
-cfg.train.sample_n = args.samples  # the grid train() draws at the end, in run/samples/
-cfg.sample.steps = args.sample_steps
-print(f"model {cfg.model.name} {cfg.model.kwargs}, {cfg.diffusion.schedule} schedule, T = {cfg.diffusion.T}")
-print(f"training for up to {args.minutes} minutes, at most {cfg.train.max_steps} steps")
+args, out, cfg = mnist_setup(
+    "2_1_mnist", "MNIST with the series' UNet without time conditioning.", "mnist-tiny"
+)
 
 # %% [markdown]
 # ## Train
@@ -104,11 +73,7 @@ print(f"training for up to {args.minutes} minutes, at most {cfg.train.max_steps}
 # so expect blurry digits; re-run the notebook to train longer.
 
 # %%
-run_dir = out / "run"
-metrics = train(cfg, run_dir, restart=args.restart)
-print(f"step {metrics['step']}, {metrics['train_seconds']:.0f} s of training in all")
-if (run_dir / "metrics.csv").exists():
-    wrote(loss_curve(out / "loss.png", run_dir / "metrics.csv"))
+run_dir = train_run(cfg, out, args.restart)
 
 # %% [markdown]
 # The loss falls fast at first — predicting "no digit, just noise" is easy — and then slowly. It stays far
@@ -124,60 +89,8 @@ if (run_dir / "metrics.csv").exists():
 # the guess $\hat x_0$; the top row is the original.
 
 # %%
-run = load_run(run_dir)
-device = next(run.model.parameters()).device
-print(f"loaded {run.checkpoint} (step {run.step}): {count_parameters(run.model):,} parameters")
-T = run.schedule.T
-test = load_dataset(run.cfg.data, split="test").x[:8].to(device)
-noise_steps = [round(f * T) for f in (0.05, 0.2, 0.4, 0.6, 0.8)]  # paper steps 50 … 800 for T = 1000
-
-
-def labelled_grid(path, images, nrow, row_labels=(), col_labels=(), title=None) -> Path:
-    """An image grid (``grid_image``) with a label for each row and, on top, each column."""
-    cell, rows = images.shape[-1] + 2, math.ceil(len(images) / nrow)  # grid_image pads by 2 pixels
-    fig, ax = plt.subplots(figsize=(1.4 + 0.5 * nrow, 0.5 + 0.5 * rows), dpi=100)
-    ax.imshow(np.asarray(grid_image(images, nrow)), cmap="gray", vmin=0, vmax=255)
-    ax.set_yticks([cell * (r + 0.5) + 1 for r in range(len(row_labels))], row_labels, fontsize=8)
-    ax.set_xticks([cell * (c + 0.5) + 1 for c in range(len(col_labels))], col_labels, fontsize=8)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    ax.spines[:].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-@torch.no_grad()
-def denoise(run, x0, steps, seed=0):
-    """For each paper step t: noise x0 to x_t (eq. 4) and the model's guess x̂_0 (eq. 15)."""
-    g = torch.Generator().manual_seed(seed)
-    d = run.cfg.diffusion
-    pairs = []
-    for t in steps:
-        tt = torch.full((len(x0),), t - 1, dtype=torch.long, device=x0.device)
-        x_t = q_sample(x0, tt, run.schedule, torch.randn(x0.shape, generator=g).to(x0.device))
-        output = run.model(x_t, tt.float())
-        pairs.append((x_t, x0_eps_from_output(output, x_t, tt, run.schedule, d.prediction, d.clip_x0)[0]))
-    return pairs
-
-
-pairs = denoise(run, test, noise_steps)
-labels = ["original"]
-for t in noise_steps:
-    signal = float(run.schedule.sqrt_alpha_bar[t - 1])
-    labels += [f"$x_{{{t}}}$ ($\\sqrt{{\\bar\\alpha}}$={signal:.2f})", rf"$\hat x_0$ from $x_{{{t}}}$"]
-wrote(
-    labelled_grid(
-        out / "denoising.png",
-        torch.cat([test, *(img for pair in pairs for img in pair)]),
-        8,
-        labels,
-        title=f"{run.cfg.preset}: denoising test digits (step {run.step})",
-    )
-)
+run, device, test_set = open_run(run_dir)
+denoising_figure(run, test_set[:8].to(device), out)
 
 # %% [markdown]
 # At small $t$ the guess is close to the original. As $t$ grows, less of the digit survives in $x_t$ and the
@@ -195,38 +108,7 @@ wrote(
 # intermediate state and the current guess $\hat x_0$, which we keep for a GIF.
 
 # %%
-run.cfg.sample.steps = args.sample_steps
-states, guesses, seen_t = [], [], []
-
-
-def collect(i, t, x, x0):
-    """Called after reverse step i, taken from array index t: x is the new state, x0 the guess made at t."""
-    states.append(x.cpu().clone())
-    guesses.append(x0.cpu().clone())
-    seen_t.append(t)
-
-
-samples = sample(run.cfg, run.model, run.schedule, args.samples, seed=1, callback=collect).cpu()
-wrote(save_grid(out / "samples.png", samples))
-# The GIFs show the first 16 samples in about 30 frames (all frames of all samples would be megabytes).
-frames = sorted({*range(0, len(states), max(1, len(states) // 30)), len(states) - 1})
-wrote(grid_gif(out / "reverse_process.gif", [states[i][:16] for i in frames]))
-wrote(grid_gif(out / "reverse_x0_guess.gif", [guesses[i][:16] for i in frames]))
-
-# Snapshots of the first 4 samples: in each column the state x_t and the guess x̂_0 the model makes from it.
-cols = sorted({round(k) for k in np.linspace(1, len(states) - 1, 8)})
-snap = [torch.stack([states[i - 1][j], guesses[i][j]]) for j in range(min(4, args.samples)) for i in cols]
-snap = torch.stack(snap).reshape(-1, len(cols), 2, *samples.shape[1:]).transpose(1, 2).flatten(0, 2)
-wrote(
-    labelled_grid(
-        out / "reverse_snapshots.png",
-        snap,
-        len(cols),
-        [r"$x_t$", r"$\hat x_0$"] * min(4, args.samples),
-        [f"t={seen_t[i] + 1}" for i in cols],
-        title="reverse process: state and guess",
-    )
-)
+samples = reverse_process_figures(run, args.samples, args.sample_steps, out)
 
 # %% [markdown]
 # Watch `reverse_x0_guess.gif`. In the first steps $\sqrt{\bar\alpha_t}$ is tiny, eq. 15 blows every error of

@@ -49,46 +49,27 @@
 # and more threads (`--threads 2`), or a GPU, which `train` uses automatically when there is one.
 
 # %%
-import math
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import parse_args, wrote
+from _common import (
+    denoising_figure,
+    mnist_setup,
+    open_run,
+    paper_steps,
+    reverse_process_figures,
+    train_run,
+    wrote,
+)
 from torch import nn
 
-from ddpm.data import load_dataset
-from ddpm.diffusion import q_sample, x0_eps_from_output
+from ddpm.diffusion import q_sample
 from ddpm.models import count_parameters
 from ddpm.models.unet import AttentionBlock
-from ddpm.plotting import grid_gif, grid_image, loss_curve, save_grid
-from ddpm.presets import get_preset
-from ddpm.run import load_run, sample, train
+from ddpm.plotting import grid_image
 from ddpm.schedules import make_schedule
 
-
-def _flags(parser):
-    parser.add_argument("--minutes", type=float, default=3.0, help="training time budget of this call")
-    parser.add_argument("--steps", type=int, default=None, help="step budget (default: the preset's)")
-    parser.add_argument("--restart", action="store_true", help="retrain instead of resuming a run in --out")
-    parser.add_argument("--samples", type=int, default=36, help="digits generated from noise")
-    parser.add_argument("--sample-steps", type=int, default=100, help="reverse steps when sampling")
-    parser.add_argument("--log-every", type=int, default=5, help="steps per point of the loss curve")
-
-
-args = parse_args("2_3_unet", "MNIST with the real UNet and the cosine schedule.", _flags)
-out = args.out
-cfg = get_preset("mnist-unet")
-cfg.train.max_minutes = args.minutes
-if args.steps is not None:
-    cfg.train.max_steps = args.steps
-    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(1, args.steps // 10))
-cfg.train.log_every = args.log_every
-cfg.train.sample_n = args.samples  # the grid train() draws at the end, in run/samples/
-cfg.sample.steps = args.sample_steps
-print(f"model {cfg.model.name} {cfg.model.kwargs}, {cfg.diffusion.schedule} schedule, T = {cfg.diffusion.T}")
-print(f"training for up to {args.minutes} minutes, at most {cfg.train.max_steps} steps")
+args, out, cfg = mnist_setup("2_3_unet", "MNIST with the real UNet and the cosine schedule.", "mnist-unet")
 
 # %% [markdown]
 # ## Train
@@ -97,11 +78,7 @@ print(f"training for up to {args.minutes} minutes, at most {cfg.train.max_steps}
 # of the weights for sampling.
 
 # %%
-run_dir = out / "run"
-metrics = train(cfg, run_dir, restart=args.restart)
-print(f"step {metrics['step']}, {metrics['train_seconds']:.0f} s of training in all")
-if (run_dir / "metrics.csv").exists():
-    wrote(loss_curve(out / "loss.png", run_dir / "metrics.csv"))
+run_dir = train_run(cfg, out, args.restart)
 
 # %% [markdown]
 # The losses of 2.2 and 2.3 cannot be compared number for number: the cosine schedule spends more of its
@@ -115,10 +92,7 @@ if (run_dir / "metrics.csv").exists():
 # (channels, height, width) and its parameters.
 
 # %%
-run = load_run(run_dir)
-device = next(run.model.parameters()).device
-print(f"loaded {run.checkpoint} (step {run.step}): {count_parameters(run.model):,} parameters")
-test_set = load_dataset(run.cfg.data, split="test").x
+run, device, test_set = open_run(run_dir)
 test = test_set[:8].to(device)
 net, trace = run.model, []
 
@@ -159,7 +133,7 @@ print(f"{'total':20s} {count_parameters(net):9,d}")
 
 # %%
 T = run.schedule.T
-noise_steps = [round(f * T) for f in (0.05, 0.2, 0.4, 0.6, 0.8)]  # paper steps 50 … 800 for T = 1000
+noise_steps = paper_steps(T)  # paper steps 50 … 800 for T = 1000
 schedules = {"linear": make_schedule("linear", T), "cosine": run.schedule.to("cpu")}
 digit = test_set[:1].expand(len(noise_steps), -1, -1, -1)
 eps = torch.randn(digit.shape, generator=torch.Generator().manual_seed(0))
@@ -191,52 +165,7 @@ wrote(out / "schedules.png")
 
 
 # %%
-def labelled_grid(path, images, nrow, row_labels=(), col_labels=(), title=None) -> Path:
-    """An image grid (``grid_image``) with a label for each row and, on top, each column."""
-    cell, rows = images.shape[-1] + 2, math.ceil(len(images) / nrow)  # grid_image pads by 2 pixels
-    fig, ax = plt.subplots(figsize=(1.4 + 0.5 * nrow, 0.5 + 0.5 * rows), dpi=100)
-    ax.imshow(np.asarray(grid_image(images, nrow)), cmap="gray", vmin=0, vmax=255)
-    ax.set_yticks([cell * (r + 0.5) + 1 for r in range(len(row_labels))], row_labels, fontsize=8)
-    ax.set_xticks([cell * (c + 0.5) + 1 for c in range(len(col_labels))], col_labels, fontsize=8)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    ax.spines[:].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
-
-@torch.no_grad()
-def denoise(run, x0, steps, seed=0):
-    """For each paper step t: noise x0 to x_t (eq. 4) and the model's guess x̂_0 (eq. 15)."""
-    g = torch.Generator().manual_seed(seed)
-    d = run.cfg.diffusion
-    pairs = []
-    for t in steps:
-        tt = torch.full((len(x0),), t - 1, dtype=torch.long, device=x0.device)
-        x_t = q_sample(x0, tt, run.schedule, torch.randn(x0.shape, generator=g).to(x0.device))
-        output = run.model(x_t, tt.float())
-        pairs.append((x_t, x0_eps_from_output(output, x_t, tt, run.schedule, d.prediction, d.clip_x0)[0]))
-    return pairs
-
-
-pairs = denoise(run, test, noise_steps)
-labels = ["original"]
-for t in noise_steps:
-    signal = float(run.schedule.sqrt_alpha_bar[t - 1])
-    labels += [f"$x_{{{t}}}$ ($\\sqrt{{\\bar\\alpha}}$={signal:.2f})", rf"$\hat x_0$ from $x_{{{t}}}$"]
-wrote(
-    labelled_grid(
-        out / "denoising.png",
-        torch.cat([test, *(img for pair in pairs for img in pair)]),
-        8,
-        labels,
-        title=f"{run.cfg.preset}: denoising test digits (step {run.step})",
-    )
-)
+denoising_figure(run, test, out)
 
 # %% [markdown]
 # Note the labels: under the cosine schedule the same $t$ is much less noisy than under the linear one of
@@ -252,38 +181,7 @@ wrote(
 # intermediate state and the current guess $\hat x_0$, which we keep for a GIF.
 
 # %%
-run.cfg.sample.steps = args.sample_steps
-states, guesses, seen_t = [], [], []
-
-
-def collect(i, t, x, x0):
-    """Called after reverse step i, taken from array index t: x is the new state, x0 the guess made at t."""
-    states.append(x.cpu().clone())
-    guesses.append(x0.cpu().clone())
-    seen_t.append(t)
-
-
-samples = sample(run.cfg, run.model, run.schedule, args.samples, seed=1, callback=collect).cpu()
-wrote(save_grid(out / "samples.png", samples))
-# The GIFs show the first 16 samples in about 30 frames (all frames of all samples would be megabytes).
-frames = sorted({*range(0, len(states), max(1, len(states) // 30)), len(states) - 1})
-wrote(grid_gif(out / "reverse_process.gif", [states[i][:16] for i in frames]))
-wrote(grid_gif(out / "reverse_x0_guess.gif", [guesses[i][:16] for i in frames]))
-
-# Snapshots of the first 4 samples: in each column the state x_t and the guess x̂_0 the model makes from it.
-cols = sorted({round(k) for k in np.linspace(1, len(states) - 1, 8)})
-snap = [torch.stack([states[i - 1][j], guesses[i][j]]) for j in range(min(4, args.samples)) for i in cols]
-snap = torch.stack(snap).reshape(-1, len(cols), 2, *samples.shape[1:]).transpose(1, 2).flatten(0, 2)
-wrote(
-    labelled_grid(
-        out / "reverse_snapshots.png",
-        snap,
-        len(cols),
-        [r"$x_t$", r"$\hat x_0$"] * min(4, args.samples),
-        [f"t={seen_t[i] + 1}" for i in cols],
-        title="reverse process: state and guess",
-    )
-)
+samples = reverse_process_figures(run, args.samples, args.sample_steps, out)
 
 # %% [markdown]
 # ## What a few minutes buy

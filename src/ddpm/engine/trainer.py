@@ -12,6 +12,7 @@ import contextlib
 import csv
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,8 +247,15 @@ class Trainer:
         start = time.monotonic()
         last_ckpt = start
         interrupted = False
+        # In a terminal the bar refreshes 10 times a second; a log file gets one line every 30 s.
+        every = 0.1 if sys.stderr.isatty() else 30
         bar = tqdm(
-            total=cfg.max_steps, initial=self.step, disable=self.rank != 0, dynamic_ncols=True, desc="train"
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=self.rank != 0,
+            dynamic_ncols=True,
+            desc="train",
+            mininterval=every,
         )
         self.model.train()
         window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, time.perf_counter()
