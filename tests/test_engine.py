@@ -142,6 +142,8 @@ def test_run_folder_is_complete_and_loadable(tmp_path):
     x = run.sample(loaded.cfg, loaded.model, loaded.schedule, 16, seed=1)
     assert x.shape == (16, 2) and torch.isfinite(x).all()
     assert torch.equal(x, run.sample(loaded.cfg, loaded.model, loaded.schedule, 16, seed=1))
+    loaded.cfg.diffusion.variance = "large"  # the run's reverse-process variance reaches the sampler
+    assert not torch.equal(x, run.sample(loaded.cfg, loaded.model, loaded.schedule, 16, seed=1))
 
 
 def test_weights_of_another_model_are_refused(tmp_path):

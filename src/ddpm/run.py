@@ -23,7 +23,7 @@ from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.trainer import Trainer, load_into, resolve_device
 from ddpm.fileio import atomic_write_text
 from ddpm.models import build_model, count_parameters
-from ddpm.samplers import SAMPLERS, make_denoiser  # noqa: F401 (SAMPLERS re-exported for the CLI)
+from ddpm.samplers import SAMPLERS, make_denoiser
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
@@ -220,6 +220,7 @@ def sample(
                 timesteps,
                 generator=generator,
                 callback=callback if start == 0 else None,
+                variance=cfg.diffusion.variance,
             )
         )
     model.train(was_training)

@@ -64,6 +64,8 @@ def ddpm_sample(
     ᾱ_t / ᾱ_s (Nichol & Dhariwal 2021, sec. 4): with s = t − 1 these are exactly eq. 6–7.
     ``variance`` picks σ² = β̃ ("small") or β ("large"); no noise is added at the last step.
     """
+    if variance not in ("small", "large"):
+        raise ValueError(f"unknown variance {variance!r}; choose small or large")
     timesteps = list(full_timesteps(schedule) if timesteps is None else timesteps)
     x = x_T
     for i, t in enumerate(timesteps):
