@@ -121,13 +121,16 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
     log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
     sample_dir = out / "samples"
 
-    def on_sample(ema_model: nn.Module, step: int) -> None:
+    def save_samples(x: torch.Tensor, step: int) -> None:
         sample_dir.mkdir(exist_ok=True)
-        x = sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0, num_classes=data.num_classes)
+        path = sample_dir / f"step-{step:08d}.png"
         if data.is_image:
-            plotting.save_grid(sample_dir / f"step-{step:08d}.png", x)
+            plotting.save_grid(path, x)
         else:
-            plotting.save_scatter(sample_dir / f"step-{step:08d}.png", x, data.x[:4000], f"step {step}")
+            plotting.save_scatter(path, x, data.x[:4000], f"step {step}")
+
+    def on_sample(ema_model: nn.Module, step: int) -> None:
+        save_samples(sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0), step)
 
     loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
     trainer = Trainer(
@@ -137,32 +140,33 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
         trainer.resume(latest)
         log(f"resumed from {latest.name} (step {trainer.step})")
     summary = trainer.fit()
+    ema = trainer.ema.model
+    # One final draw serves the picture, the sampling throughput and, for 2-D data, the metrics.
+    n = cfg.train.sample_n if data.is_image else max(cfg.train.sample_n, cfg.sample.eval_n)
     t0 = time.perf_counter()
-    on_sample(trainer.ema.model, trainer.step)
-    grid_seconds = time.perf_counter() - t0
+    x = sample(cfg, ema, schedule, n, seed=cfg.seed + 1)
+    sample_seconds = time.perf_counter() - t0
+    save_samples(x[: cfg.train.sample_n], trainer.step)
     if (out / "metrics.csv").exists():
         plotting.loss_curve(out / "loss.png", out / "metrics.csv")
     metrics = {"step": trainer.step, "parameters": count_parameters(model), **summary}
     metrics["train_images_per_s"] = summary["images_seen"] / max(summary["train_seconds"], 1e-9)
-    # Throughput of the final sample grid, at the run's number of sampling steps.
-    metrics["sample_images_per_s"] = cfg.train.sample_n / grid_seconds
+    metrics["sample_images_per_s"] = n / sample_seconds  # at the run's number of sampling steps
     metrics["sample_steps"] = cfg.sample.steps or cfg.diffusion.T
-    metrics.update(evaluate(cfg, trainer.ema.model, schedule, data))
+    metrics.update(evaluate(cfg, ema, schedule, data, x[: cfg.sample.eval_n]))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset) -> dict:
-    """End-of-training metrics for 2-D sets: distance to the curve, the energy distance with its floor, and
-    the negative log-likelihood bound in bits per dimension on held-out points (Ho et al. 2020, eq. 5)."""
+def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset, samples: torch.Tensor) -> dict:
+    """End-of-training metrics for 2-D sets: distance of ``samples`` to the curve, their energy distance with
+    its floor, and the negative log-likelihood bound in bits per dimension on held-out points (Ho et al.
+    2020, eq. 5)."""
     if data.is_image or cfg.sample.eval_n == 0:
         return {}
     from ddpm.evaluation.points import points_metrics
 
-    t0 = time.perf_counter()
-    x = sample(cfg, model, schedule, cfg.sample.eval_n, seed=cfg.seed + 1)
-    seconds = time.perf_counter() - t0
-    metrics = {**points_metrics(x.cpu(), cfg.data.name, seed=cfg.seed + 2), "sample_seconds": seconds}
+    metrics = points_metrics(samples.cpu(), cfg.data.name, seed=cfg.seed + 2)
     device = next(model.parameters()).device
     held_out = load_dataset(
         dataclasses.replace(cfg.data, n_samples=cfg.sample.eval_n, data_seed=cfg.seed + 3)
@@ -189,7 +193,6 @@ def sample(
     n: int,
     seed: int = 0,
     label: int | None = None,
-    num_classes: int | None = None,
     callback=None,
     batch_size: int = 4096,
 ) -> torch.Tensor:
