@@ -25,7 +25,7 @@ demo-spiral: install
 	@echo "pictures: $(RUNS)/spiral/points.png, reverse.gif, samples/, loss.png; metrics: $(RUNS)/spiral/metrics.json"
 
 # A few minutes of the series' time-conditioned UNet on MNIST (fetched and verified on first use).
-DEMO_MINUTES ?= 5
+DEMO_MINUTES ?= 7
 demo-mnist: install
 	$(BIN)/ddpm train mnist-time --out $(RUNS)/mnist --restart --max-steps 2000 --max-minutes $(DEMO_MINUTES)
 	$(BIN)/ddpm sample $(RUNS)/mnist --n 64 --out $(RUNS)/mnist/grid.png --gif $(RUNS)/mnist/reverse.gif

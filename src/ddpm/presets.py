@@ -84,14 +84,22 @@ def _mnist(model: ModelConfig, dataset: str = "mnist", **diffusion) -> Config:
     )
 
 
+def _series(time_conditioning: bool) -> Config:
+    cfg = _mnist(ModelConfig("series_unet", {"time_conditioning": time_conditioning}), schedule="linear")
+    cfg.train.lr = (
+        2e-3  # the small UNets learn faster at 4× the UNet's rate (measured: clean strokes at 2,000 steps)
+    )
+    return cfg
+
+
 def mnist_tiny() -> Config:
     """The series' UNet without time conditioning (about 54k parameters): it must guess the noise level."""
-    return _mnist(ModelConfig("series_unet", {"time_conditioning": False}), schedule="linear")
+    return _series(time_conditioning=False)
 
 
 def mnist_time() -> Config:
     """The same UNet with a sinusoidal time embedding added in every block (about 61k parameters)."""
-    return _mnist(ModelConfig("series_unet", {"time_conditioning": True}), schedule="linear")
+    return _series(time_conditioning=True)
 
 
 UNET = {
