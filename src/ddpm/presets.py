@@ -86,9 +86,8 @@ def _mnist(model: ModelConfig, dataset: str = "mnist", **diffusion) -> Config:
 
 def _series(time_conditioning: bool) -> Config:
     cfg = _mnist(ModelConfig("series_unet", {"time_conditioning": time_conditioning}), schedule="linear")
-    cfg.train.lr = (
-        2e-3  # the small UNets learn faster at 4× the UNet's rate (measured: clean strokes at 2,000 steps)
-    )
+    # The small UNets learn faster at 4× the big UNet's rate (measured: clean strokes after 2,000 steps).
+    cfg.train.lr = 2e-3
     return cfg
 
 
