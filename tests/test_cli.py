@@ -58,6 +58,7 @@ def test_info_json(tiny_run, capsys):
         (["train", "spiral", "--out", "{tmp}/r", "--max-steps", "-3"], "max_steps must be non-negative"),
         (["train", "spiral", "--out", "{tmp}/r", "--set", "train.nope=1"], "unknown key"),
         (["train", "spiral", "--out", "{tmp}/file.txt"], "is a file"),
+        (["train", "spiral", "--out", "{tmp}/r", "--set", "model.kwargs.widht=3"], "unexpected keyword argument"),
         (["sample", "{tmp}", "--out", "{tmp}/x.png"], "not a run folder"),
     ],
 )
@@ -119,6 +120,7 @@ def test_class_count_mismatch_is_refused(tmp_path, capsys):
     argv = ["train", "mnist-cond", "--out", str(tmp_path / "run"), "--max-steps", "1"]
     assert main(argv + [a for s in sets for a in ("--set", s)]) == 2
     assert "conditional on 10 classes but the data set has 3 classes" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_a_config_file_instead_of_a_preset(tiny_run, tmp_path):

@@ -50,6 +50,14 @@ def model_kwargs(cfg: Config) -> dict:
     return kwargs
 
 
+def make_model(cfg: Config, source: str = "") -> nn.Module:
+    """The run's network, with a one-line error for constructor arguments it does not take."""
+    try:
+        return build_model(cfg.model.name, **model_kwargs(cfg))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}cannot build model {cfg.model.name!r}: {e}") from None
+
+
 def data_shape(cfg: Config) -> tuple[int, ...]:
     """The shape of one sample: (2,) for points, (C, H, W) for images."""
     return (cfg.data.channels, cfg.data.image_size, cfg.data.image_size) if is_image(cfg) else (2,)
@@ -108,7 +116,6 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
         if saved.to_dict() != cfg.to_dict():
             log(f"resuming {out}: using its saved config (only the step and time budgets are taken from now)")
         cfg = saved
-    cfg.save(out / CONFIG_FILE)
 
     data = load_dataset(cfg.data)
     classes = cfg.model.kwargs.get("num_classes")
@@ -117,8 +124,9 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
         raise RunError(f"the model is conditional on {classes} classes but the data set has {have}")
     schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
     torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
-    model = build_model(cfg.model.name, **model_kwargs(cfg))
+    model = make_model(cfg)
     log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
+    cfg.save(out / CONFIG_FILE)  # only once data and model are known to fit together
     sample_dir = out / "samples"
 
     def save_samples(x: torch.Tensor, step: int) -> None:
@@ -249,10 +257,7 @@ def load_run(run_dir: Path, weights: str = "ema", device: str | None = None) -> 
     if latest is None:
         raise RunError(f"{run_dir}: has no checkpoint yet")
     dev = resolve_device(device or cfg.train.device)
-    try:
-        model = build_model(cfg.model.name, **model_kwargs(cfg))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{run_dir}/{CONFIG_FILE}: cannot build the model ({e})") from None
+    model = make_model(cfg, source=f"{run_dir}/{CONFIG_FILE}: ")
     path = latest / f"{weights}.safetensors"
     load_into(model, ckpt.load_tensors(path), path)
     state = ckpt.load_state(latest)
