@@ -58,7 +58,10 @@ def test_info_json(tiny_run, capsys):
         (["train", "spiral", "--out", "{tmp}/r", "--max-steps", "-3"], "max_steps must be non-negative"),
         (["train", "spiral", "--out", "{tmp}/r", "--set", "train.nope=1"], "unknown key"),
         (["train", "spiral", "--out", "{tmp}/file.txt"], "is a file"),
-        (["train", "spiral", "--out", "{tmp}/r", "--set", "model.kwargs.widht=3"], "unexpected keyword argument"),
+        (
+            ["train", "spiral", "--out", "{tmp}/r", "--set", "model.kwargs.widht=3"],
+            "unexpected keyword argument",
+        ),
         (["sample", "{tmp}", "--out", "{tmp}/x.png"], "not a run folder"),
     ],
 )
