@@ -28,14 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm.models.embeddings import SinusoidalEmbedding
-
-
-def _num_groups(channels: int, groups: int) -> int:
-    """The largest number of groups, at most ``groups``, that divides ``channels``."""
-    g = max(1, min(groups, channels))
-    while channels % g:
-        g -= 1
-    return g
+from ddpm.models.layers import num_groups
 
 
 class ConvEmbed(nn.Module):
@@ -51,7 +44,7 @@ class ConvEmbed(nn.Module):
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-        self.norm = nn.GroupNorm(_num_groups(out_channels, groups), out_channels)
+        self.norm = nn.GroupNorm(num_groups(out_channels, groups), out_channels)
         self.emb = None if emb_dim is None else nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:

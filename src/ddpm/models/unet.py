@@ -23,22 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm.models.embeddings import sinusoidal_embedding
+from ddpm.models.layers import num_groups
 
 MIN_GROUP_CHANNELS = 4
 
 
 def _num_groups(channels: int, groups: int) -> int:
-    """The largest number of GroupNorm groups, at most ``groups``, that divides ``channels`` and leaves at
-    least ``MIN_GROUP_CHANNELS`` channels in each group.
+    """GroupNorm groups for ``channels``: at most ``groups``, with at least ``MIN_GROUP_CHANNELS`` in each.
 
     The floor matters: the time embedding is added as a per-channel bias *before* ``norm2``, and a group of
     one channel (instance norm, e.g. 32 groups of 32 channels) would subtract that bias right away, leaving
     the block blind to ``t``. Ho et al.'s 32 groups of 128 channels hold 4 channels each.
     """
-    g = max(1, min(groups, channels // MIN_GROUP_CHANNELS))
-    while channels % g:
-        g -= 1
-    return g
+    return num_groups(channels, groups, MIN_GROUP_CHANNELS)
 
 
 def _zero(module: nn.Module) -> nn.Module:
