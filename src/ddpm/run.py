@@ -181,7 +181,7 @@ def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset, s
     ).x
     generator = torch.Generator(device).manual_seed(cfg.seed + 4)
     nll = diffusion.bits_per_dim(
-        lambda x_t, t: model(x_t, t),
+        model,
         held_out.to(device),
         schedule,
         cfg.diffusion.prediction,

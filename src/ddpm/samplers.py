@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ddpm.diffusion import x0_eps_from_output
+from ddpm.diffusion import VARIANCES, x0_eps_from_output
 from ddpm.schedules import Schedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -64,8 +64,8 @@ def ddpm_sample(
     ᾱ_t / ᾱ_s (Nichol & Dhariwal 2021, sec. 4): with s = t − 1 these are exactly eq. 6–7.
     ``variance`` picks σ² = β̃ ("small") or β ("large"); no noise is added at the last step.
     """
-    if variance not in ("small", "large"):
-        raise ValueError(f"unknown variance {variance!r}; choose small or large")
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     timesteps = list(full_timesteps(schedule) if timesteps is None else timesteps)
     x = x_T
     for i, t in enumerate(timesteps):

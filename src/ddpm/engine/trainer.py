@@ -308,6 +308,8 @@ class Trainer:
             interrupted = True
         finally:
             bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, previous)
         if self.rank == 0:
