@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ddpm import diffusion, plotting
 from ddpm.config import Config, ConfigError, validate
@@ -23,7 +24,7 @@ from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.trainer import Trainer, load_into, resolve_device
 from ddpm.fileio import atomic_write_text
 from ddpm.models import build_model, count_parameters
-from ddpm.samplers import SAMPLERS, make_denoiser
+from ddpm.samplers import SAMPLERS, classifier_free_guidance, make_denoiser
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
@@ -193,6 +194,14 @@ def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset, s
     return metrics
 
 
+def sample_timesteps(cfg: Config, schedule: Schedule) -> list[int] | None:
+    """The run's sampling steps: all T (None) or ``cfg.sample.steps`` of them, evenly spaced."""
+    if not cfg.sample.steps:
+        return None
+    stride = schedule.T / cfg.sample.steps
+    return sorted({int(round(i * stride)) for i in range(cfg.sample.steps)}, reverse=True)
+
+
 @torch.no_grad()
 def sample(
     cfg: Config,
@@ -200,28 +209,47 @@ def sample(
     schedule: Schedule,
     n: int,
     seed: int = 0,
-    label: int | None = None,
+    label: int | torch.Tensor | None = None,
     callback=None,
     batch_size: int = 4096,
+    guidance: float | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """Draw ``n`` samples with the run's sampler, in batches; ``label`` picks a class (conditional models)."""
+    """Draw ``n`` samples with the run's sampler, in batches.
+
+    ``label`` picks the class of conditional models: one int for all samples, or a tensor of ``n`` labels.
+    ``guidance`` is the classifier-free guidance weight w (conditional models; 0 or None: none).
+    """
     device = next(model.parameters()).device
     shape = (n, *data_shape(cfg))
+    num_classes = cfg.model.kwargs.get("num_classes")
+    if guidance and (num_classes is None or label is None):
+        raise RunError("guidance needs a class-conditional model and labels to guide towards")
+    labels = None
+    if label is not None:
+        labels = torch.as_tensor(label, dtype=torch.long, device=device).expand(n).contiguous()
     generator = torch.Generator(device).manual_seed(seed)
     sampler = SAMPLERS[cfg.sample.sampler]
-    timesteps = None
-    if cfg.sample.steps:
-        stride = schedule.T / cfg.sample.steps
-        timesteps = sorted({int(round(i * stride)) for i in range(cfg.sample.steps)}, reverse=True)
+    timesteps = sample_timesteps(cfg, schedule)
+    n_steps = len(timesteps) if timesteps is not None else schedule.T
+    bar = tqdm(total=n * n_steps, desc="sampling", unit="img-step", disable=not progress, unit_scale=True)
     was_training = model.training
     model.eval()
     chunks = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
-        y = None if label is None else torch.full((b,), label, device=device, dtype=torch.long)
-        denoise = make_denoiser(
-            lambda x, t, y=y: model(x, t, y), schedule, cfg.diffusion.prediction, cfg.diffusion.clip_x0
-        )
+        y = None if labels is None else labels[start : start + b]
+        if guidance:
+            model_fn = classifier_free_guidance(model, y, num_classes, guidance)
+        else:
+            model_fn = lambda x, t, y=y: model(x, t, y)  # noqa: E731
+        denoise = make_denoiser(model_fn, schedule, cfg.diffusion.prediction, cfg.diffusion.clip_x0)
+
+        def step_callback(i, t, x, x0, first=start == 0, b=b):
+            bar.update(b)
+            if callback is not None and first:
+                callback(i, t, x, x0)
+
         x_T = torch.randn((b, *shape[1:]), generator=generator, device=device)
         chunks.append(
             sampler(
@@ -230,10 +258,11 @@ def sample(
                 schedule,
                 timesteps,
                 generator=generator,
-                callback=callback if start == 0 else None,
+                callback=step_callback,
                 variance=cfg.diffusion.variance,
             )
         )
+    bar.close()
     model.train(was_training)
     return torch.cat(chunks)
 

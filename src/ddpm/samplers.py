@@ -36,6 +36,29 @@ def make_denoiser(
     return denoise
 
 
+def classifier_free_guidance(
+    model_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    y: torch.Tensor,
+    null_label: int,
+    guidance: float,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): ε̃ = (1 + w) ε(x_t, c) − w ε(x_t, ∅).
+
+    ``model_fn(x_t, t, y)`` is a class-conditional network whose label ``null_label`` means "no label"
+    (learned by dropping labels in training). The conditional and unconditional passes share one forward
+    pass of a doubled batch. The rule is applied to the raw output: for fixed x_t and t, x̂_0, ε̂ and v̂ are
+    affine in one another with weights that sum to one, so guiding any of them guides ε the same way.
+    ``w = 0`` is the plain conditional model.
+    """
+
+    def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = torch.cat([y, torch.full_like(y, null_label)])
+        cond, uncond = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), labels).chunk(2)
+        return cond + guidance * (cond - uncond)
+
+    return guided
+
+
 def full_timesteps(schedule: Schedule) -> list[int]:
     """All steps, from T − 1 down to 0: the original DDPM sampler."""
     return list(range(schedule.T - 1, -1, -1))
