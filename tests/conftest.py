@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -19,3 +21,19 @@ TINY = [
 def _few_threads():
     torch.set_num_threads(1)
     yield
+
+
+# MNIST (and the LeNet-5 trained on it) come from $DDPM_DATA when set, else from a cache shared by the
+# session's tests, which the library fills on first use.
+DATA = os.environ.get("DDPM_DATA") or "/tmp/ddpm-data"
+
+
+@pytest.fixture(scope="session")
+def mnist_lenet():
+    """The real LeNet-5 of ``ddpm eval``, trained once per machine (about a minute) and cached in DATA."""
+    from ddpm.data.images import fetch
+    from ddpm.evaluation.lenet import load_lenet
+
+    fetch("mnist", root=DATA, progress=False)
+    torch.set_num_threads(1)
+    return load_lenet("mnist", root=DATA, cache_dir=DATA, progress=False)

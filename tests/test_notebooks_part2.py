@@ -37,15 +37,19 @@ CASES = {
     "2_2_mnist": (["--minutes", "0.1", *FAST], [*FIGURES, "error_by_t.png"]),
     # The big UNet takes about a second a step here: 0.15 minutes is a handful of steps.
     "2_3_unet": (["--minutes", "0.15", *FAST], [*FIGURES, "schedules.png"]),
+    "2_5_fid": (
+        ["--minutes", "0.1", "--n", "200", "--sample-steps", str(SAMPLE_STEPS), "--log-every", "1"],
+        ["loss.png", "fld_bars.png", "fld_vs_n.png", "class_histogram.png", "samples_by_class.png"],
+    ),
 }
 TEST_OF = {name: f"test_{name}" for name in CASES}
 
 
 @pytest.fixture(scope="module")
-def launched(request, tmp_path_factory):
+def launched(request, tmp_path_factory, mnist_lenet):
     """Start every selected notebook at once; yields {name: (process, out folder, log file)}."""
     data = os.environ.get("DDPM_DATA") or "/tmp/ddpm-data"
-    fetch("mnist", root=data, progress=False)  # once, here, rather than by three notebooks at once
+    fetch("mnist", root=data, progress=False)  # once, here, rather than by each notebook at once
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1", "DDPM_DATA": data}
     yield from launch(request, tmp_path_factory, CASES, TEST_OF, env)
 
@@ -87,3 +91,17 @@ def test_2_3_unet(launched):
     assert "1,112,801 parameters" in text
     assert "AttentionBlock  (64, 7, 7)" in text  # the block-by-block trace
     assert_samples(figs)
+
+
+@pytest.mark.slow
+def test_2_5_fid(launched):
+    figs, text = finish(launched, "2_5_fid")
+    scores = {
+        line.split()[1]: float(line.split()[-4])
+        for line in text.splitlines()
+        if line.startswith("FLD ") and "(N = 200)" in line
+    }
+    assert set(scores) == {"generated", "training", "uniform"}
+    # A few seconds of training draw blobs: worse than real digits, and the floor is far below noise.
+    assert scores["training"] < scores["generated"] and scores["training"] < scores["uniform"] / 10
+    assert "class entropy" in text

@@ -76,6 +76,7 @@ def cmd_sample(args) -> int:
         seed=args.seed,
         label=args.label,
         callback=callback if gif else None,
+        guidance=args.guidance,
     ).cpu()
     if out.suffix == ".npy":
         np.save(out, x.numpy())
@@ -145,6 +146,78 @@ def cmd_data_fetch(args) -> int:
     return 0
 
 
+EVAL_ROWS = (
+    ("fld", "FLD (samples vs test)"),
+    ("fld_train_test", "FLD floor (train vs test)"),
+    ("fld_noise_test", "FLD noise (noise vs test)"),
+    ("fid", "FID (Inception)"),
+    ("class_entropy", "class entropy (nats)"),
+    ("precision", "precision"),
+    ("sampler", "sampler"),
+    ("steps", "steps"),
+    ("guidance", "guidance"),
+    ("n", "n"),
+    ("seed", "seed"),
+    ("sample_seconds", "sampling seconds"),
+    ("seconds", "seconds"),
+    ("path", "report"),
+)
+
+
+def cmd_eval(args) -> int:
+    from ddpm.evaluate import evaluate_run
+
+    report = evaluate_run(
+        Path(args.run),
+        n=args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        fid=args.fid,
+        batch_size=args.batch_size,
+        device=args.device,
+        name=args.name,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    for key, label in EVAL_ROWS:
+        if report.get(key) is not None:
+            value = report[key]
+            print(f"{label:>27}: {value:.4g}" if isinstance(value, float) else f"{label:>27}: {value}")
+    if report.get("recall"):
+        recall = ", ".join("-" if r is None else f"{r:.3f}" for r in report["recall"])
+        print(f"{'recall by class':>27}: {recall}")
+    print(f"{'class histogram':>27}: " + ", ".join(f"{p:.3f}" for p in report["class_histogram"]))
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_lenet_train(args) -> int:
+    from ddpm.data.images import data_root
+    from ddpm.evaluation.lenet import load_lenet
+
+    result = load_lenet(
+        args.dataset,
+        root=args.root,
+        cache_dir=data_root(args.root),
+        retrain=True,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    print(f"{args.dataset}: LeNet5 test accuracy {result.test_accuracy:.2%} in {result.seconds:.1f} s")
+    print(f"saved {result.path}")
+    if args.json:
+        summary = {
+            "dataset": args.dataset,
+            "test_accuracy": result.test_accuracy,
+            "seconds": result.seconds,
+            "path": str(result.path),
+            "data_sha256": result.data_sha256,
+        }
+        print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm", description="Denoising diffusion probabilistic models from first principles."
@@ -170,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gif", help="also write a GIF of the reverse process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, help="the class to draw (conditional models)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (needs --label)")
     p.add_argument("--sampler", choices=sorted(run.SAMPLERS), help="default: the run's")
     p.add_argument("--steps", type=int, help="sampling steps (default: the run's, all T)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
@@ -187,6 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-apt", action="store_true", help="never install the Debian package")
     p.set_defaults(func=cmd_data_fetch)
 
+    p = sub.add_parser("eval", help="sample a run and measure it: FLD with its references, classes, FID")
+    p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
+    p.add_argument("--n", type=int, default=10_000, help="how many samples (default 10000)")
+    p.add_argument("--sampler", choices=sorted(run.SAMPLERS), help="default: the run's")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fid", action="store_true", help="also the standard FID on Inception-v3 (slow on a CPU)")
+    p.add_argument("--batch-size", type=int, default=1000, help="samples drawn at once")
+    p.add_argument("--name", help="report name (default: from sampler, steps, n, guidance and seed)")
+    p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
+    p.add_argument("--json", action="store_true", help="end with the report as one JSON line")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("lenet", help="the LeNet5 classifier behind FLD")
+    lenet_sub = p.add_subparsers(dest="lenet_command", required=True)
+    p = lenet_sub.add_parser("train", help="train LeNet5 on a data set and cache it for ddpm eval")
+    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    p.add_argument("--root", help="data and model cache (default: $DDPM_DATA or ~/.cache/ddpm)")
+    p.add_argument("--json", action="store_true", help="end with a JSON line holding test_accuracy")
+    p.set_defaults(func=cmd_lenet_train)
+
     p = sub.add_parser("info", help="describe a run: config, step, metrics, weight checksums")
     p.add_argument("run", help="the run folder")
     p.add_argument("--json", action="store_true", help="one JSON object")
@@ -196,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 1:
-        print("ddpm: error: --n must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("n", "batch_size"):
+        if getattr(args, flag, 1) < 1:
+            print(f"ddpm: error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:

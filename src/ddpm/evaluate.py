@@ -1,0 +1,179 @@
+"""``ddpm eval``: sample a trained run with its EMA weights and measure the samples.
+
+The report holds the Fréchet LeNet Distance of N samples against the test set with its two references at
+the same N (real training images: the floor; uniform noise), the predicted-class histogram and its entropy,
+precision and per-class recall for class-conditional models (samples are requested class by class in
+turn), and on request the standard FID on Inception-v3 features. It is written to
+``RUN/eval/<name>.json``, next to a grid of the first samples (``RUN/eval/<name>.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ddpm import plotting
+from ddpm.data import IMAGE_SETS
+from ddpm.data import images as image_data
+from ddpm.evaluation import fld as fld_metrics
+from ddpm.evaluation.frechet import frechet_distance, gaussian_statistics
+from ddpm.evaluation.lenet import data_checksum, lenet_features, lenet_predict, load_lenet
+from ddpm.fileio import atomic_write_text
+from ddpm.run import RunError, load_run, sample
+from ddpm.samplers import SAMPLERS
+
+EVAL_DIR = "eval"
+GRID_N = 100
+
+
+def eval_name(sampler: str, steps: int, n: int, guidance: float | None, seed: int) -> str:
+    """The report's file stem, e.g. ``ddpm-100-n10000-s0`` or ``ddpm-50-n1000-g2-s0``."""
+    g = f"-g{guidance:g}" if guidance is not None else ""
+    return f"{sampler}-{steps}-n{n}{g}-s{seed}"
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [−1, 1] and round to 8 bits: we measure the images as they would be saved."""
+    return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    n: int = 10_000,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    fid: bool = False,
+    batch_size: int = 1000,
+    device: str | None = None,
+    name: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    loaded = load_run(run_dir, weights="ema", device=device)
+    cfg = loaded.cfg
+    dataset = cfg.data.name
+    if dataset not in IMAGE_SETS:
+        raise RunError(f"FLD needs a LeNet trained on the run's data; {dataset!r} is not one of {IMAGE_SETS}")
+    if sampler is not None:
+        if sampler not in SAMPLERS:
+            raise RunError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        cfg.sample.sampler = sampler
+    T = loaded.schedule.T
+    if steps is not None:
+        if not 1 <= steps <= T:
+            raise RunError(f"--steps {steps}: choose 1 … {T} (the run's T)")
+        cfg.sample.steps = None if steps == T else steps
+    steps = cfg.sample.steps or T
+    num_classes = cfg.model.kwargs.get("num_classes")
+    if guidance is not None and not num_classes:
+        raise RunError("guidance needs a class-conditional run (model.kwargs.num_classes)")
+    if n < 2:
+        raise RunError("--n must be at least 2 (a covariance needs two samples)")
+    name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed)
+
+    classifier = load_lenet(
+        dataset, root=cfg.data.root, cache_dir=image_data.data_root(cfg.data.root), progress=progress, log=log
+    )
+    test_u8, _ = image_data.load(dataset, "test", root=cfg.data.root)
+    train_u8, _ = image_data.load(dataset, "train", root=cfg.data.root)
+    test_x, train_x = image_data.to_tensor(test_u8), image_data.to_tensor(train_u8)
+    if n > len(train_x):
+        raise RunError(f"--n {n}: the floor needs as many training images, and there are {len(train_x)}")
+
+    requested = torch.arange(n) % num_classes if num_classes else None
+    t_sample = time.perf_counter()
+    x = sample(
+        cfg,
+        loaded.model,
+        loaded.schedule,
+        n,
+        seed=seed,
+        label=requested,
+        guidance=guidance,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    sample_seconds = time.perf_counter() - t_sample
+    x = quantize(x.float().cpu())
+
+    model = classifier.model
+    reference = gaussian_statistics(lenet_features(model, test_x))
+    generated = lenet_features(model, x)
+    predicted = lenet_predict(model, x)
+    k = len(image_data.dataset_info(dataset).classes)
+    report = {
+        "run": str(run_dir),
+        "dataset": dataset,
+        "checkpoint_step": loaded.step,
+        "fld": fld_metrics.fld(generated, reference),
+        "fld_train_test": fld_metrics.fld(
+            lenet_features(model, fld_metrics.random_subset(train_x, n, seed)), reference
+        ),
+        "fld_noise_test": fld_metrics.fld(
+            lenet_features(model, fld_metrics.uniform_noise_images(n, tuple(x.shape[1:]), seed)), reference
+        ),
+        "class_entropy": fld_metrics.class_entropy(predicted, k),
+        "class_histogram": fld_metrics.class_histogram(predicted, k).tolist(),
+    }
+    if requested is not None:
+        report["precision"], report["recall"] = fld_metrics.precision_recall(requested.numpy(), predicted, k)
+    if fid:
+        report["fid"] = standard_fid(x, test_x, dataset, cfg.data.root, progress=progress, log=log)
+    report.update(
+        sampler=cfg.sample.sampler,
+        steps=steps,
+        guidance=guidance,
+        n=n,
+        seed=seed,
+        lenet_test_accuracy=classifier.test_accuracy,
+        sample_seconds=sample_seconds,
+        sample_images_per_s=n / sample_seconds,
+        seconds=time.perf_counter() - t0,
+    )
+    out = run_dir / EVAL_DIR
+    out.mkdir(exist_ok=True)
+    plotting.save_grid(out / f"{name}.png", x[:GRID_N], nrow=math.ceil(math.sqrt(min(n, GRID_N))))
+    atomic_write_text(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
+    report["path"] = str(out / f"{name}.json")
+    return report
+
+
+def standard_fid(
+    x: torch.Tensor, test_x: torch.Tensor, dataset: str, root, progress: bool = True, log=print
+) -> float:
+    """FID (Heusel et al. 2017) of ``x`` against the test set on Inception-v3 pool features.
+
+    The test set's statistics are computed once and cached next to the data, keyed by the Inception
+    weights and the data checksum. Slow on a CPU (see :mod:`ddpm.evaluation.inception`).
+    """
+    from ddpm.evaluation.inception import INCEPTION_SHA256, inception_features, load_inception
+
+    inception = load_inception(device="cuda" if torch.cuda.is_available() else "cpu")
+    cache = (
+        image_data.data_root(root)
+        / "inception"
+        / (f"{dataset}-test-{data_checksum(dataset)[:12]}-{INCEPTION_SHA256[:12]}.npz")
+    )
+    if cache.is_file():
+        stats = np.load(cache)
+        mu, sigma = stats["mu"], stats["sigma"]
+    else:
+        log(f"Inception statistics of the {dataset} test set (once; cached in {cache.parent})")
+        mu, sigma = gaussian_statistics(inception_features(inception, test_x, progress=progress))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".tmp.npz")
+        np.savez(partial, mu=mu, sigma=sigma)
+        partial.replace(cache)
+    features = inception_features(inception, x, progress=progress)
+    return frechet_distance(*gaussian_statistics(features), mu, sigma)

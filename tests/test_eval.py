@@ -1,0 +1,127 @@
+"""``ddpm eval`` and ``ddpm lenet train`` end to end, on tiny models trained for a couple of steps."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm.cli import main
+from ddpm.evaluation import lenet as lenet_module
+from tests.conftest import DATA, TINY
+
+SMALL_UNET = [
+    "model.kwargs.model_channels=8",
+    "model.kwargs.attention_resolutions=[7]",
+    "train.batch_size=8",
+    "train.sample_n=4",
+    "sample.steps=3",
+    "train.warmup_steps=1",
+    f"data.root={DATA}",
+]
+KEYS = {
+    "fld",
+    "fld_train_test",
+    "fld_noise_test",
+    "class_entropy",
+    "sampler",
+    "steps",
+    "guidance",
+    "n",
+    "seed",
+}
+
+
+def _train(out, preset, sets):
+    argv = ["train", preset, "--out", str(out), "--max-steps", "2"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, mnist_lenet):
+    root = tmp_path_factory.mktemp("eval")
+    return {
+        "cond": _train(root / "cond", "mnist-cond", SMALL_UNET),
+        "uncond": _train(
+            root / "uncond", "mnist-tiny", [f"data.root={DATA}", "sample.steps=3", "sample_n=4"]
+        ),
+    }
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_eval_of_a_conditional_run_writes_the_report_and_a_grid(runs, capsys):
+    run = runs["cond"]
+    assert main(["eval", str(run), "--n", "60", "--steps", "3", "--guidance", "1.5", "--json"]) == 0
+    report = _last_json(capsys)
+    assert KEYS | {"precision", "recall", "seconds"} <= set(report)
+    assert (report["sampler"], report["steps"], report["guidance"], report["n"]) == ("ddpm", 3, 1.5, 60)
+    saved = json.loads((run / "eval" / "ddpm-3-n60-g1.5-s0.json").read_text())
+    assert saved["fld"] == report["fld"]
+    assert Image.open(run / "eval" / "ddpm-3-n60-g1.5-s0.png").size[0] > 28
+    assert len(report["recall"]) == 10 and 0 <= report["precision"] <= 1
+    # Two steps of training draw nothing like digits: far above the floor of real training digits.
+    assert report["fld"] > 5 * report["fld_train_test"]
+    assert report["fld_noise_test"] > report["fld_train_test"]
+    assert 0 <= report["class_entropy"] <= np.log(10) + 1e-9
+    assert sum(report["class_histogram"]) == pytest.approx(1.0)
+
+
+def test_eval_is_reproducible_and_prints_a_table(runs, capsys):
+    run = runs["uncond"]
+    assert main(["eval", str(run), "--n", "30", "--steps", "2", "--json", "--name", "a"]) == 0
+    out = capsys.readouterr().out
+    assert "FLD floor (train vs test)" in out and "precision" not in out
+    first = json.loads(out.strip().splitlines()[-1])
+    assert main(["eval", str(run), "--n", "30", "--steps", "2", "--json", "--name", "b"]) == 0
+    second = _last_json(capsys)
+    for key in ("fld", "fld_train_test", "fld_noise_test", "class_histogram"):
+        assert first[key] == second[key]
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["a.json", "a.png", "b.json", "b.png"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--guidance", "2"], "guidance needs a class-conditional run"),
+        (["--steps", "5000"], "--steps 5000: choose 1"),
+        (["--n", "1"], "--n must be at least 2"),
+        (["--n", "70000"], "the floor needs as many training images"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_eval_refusals_are_one_line(runs, capsys, argv, message):
+    run = runs["uncond"]
+    before = sorted((run / "eval").iterdir()) if (run / "eval").exists() else []
+    assert main(["eval", str(run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert (sorted((run / "eval").iterdir()) if (run / "eval").exists() else []) == before
+
+
+def test_eval_refuses_a_2d_run(tmp_path, capsys):
+    run = _train(tmp_path / "spiral", "spiral", TINY)
+    assert main(["eval", str(run), "--n", "10"]) == 2
+    assert "FLD needs a LeNet trained on the run's data" in capsys.readouterr().err
+
+
+def test_lenet_train_caches_and_reports_json(tmp_path, monkeypatch, capsys):
+    """One short training (two epochs of 3,000 digits) through the command; the real one: docs/results.md."""
+    (tmp_path / "mnist").symlink_to(f"{DATA}/mnist", target_is_directory=True)
+    real_load = lenet_module.load
+
+    def few(name, split, root=None):
+        x, y = real_load(name, split, root=root)
+        return x[:3000], y[:3000]
+
+    monkeypatch.setattr(lenet_module, "load", few)
+    monkeypatch.setattr(lenet_module, "EPOCHS", 2)
+    monkeypatch.setattr(lenet_module, "BATCH_SIZE", 32)
+    assert main(["lenet", "train", "--root", str(tmp_path), "--json"]) == 0
+    summary = _last_json(capsys)
+    assert summary["test_accuracy"] > 0.8  # an untrained LeNet scores about 0.1
+    assert summary["path"] == str(lenet_module.lenet_path("mnist", tmp_path))
+    assert lenet_module.load_lenet("mnist", root=tmp_path, cache_dir=tmp_path).trained is False
