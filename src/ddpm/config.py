@@ -76,8 +76,10 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddpm"
+    sampler: str = "ddpm"  # ddpm, ddim or dpmpp2m (ddpm.samplers.SAMPLERS)
     steps: int | None = None  # None = all T steps
+    spacing: str = "uniform"  # which steps when fewer than T: uniform, trailing, quadratic, logsnr
+    eta: float = 0.0  # DDIM's η: 0 deterministic, 1 ancestral
     eval_n: int = 2000  # samples drawn for the metrics written at the end of training
 
 
@@ -195,6 +197,7 @@ def validate(cfg: Config) -> Config:
     """Refuse values that cannot work, each with a one-line reason."""
     from ddpm.diffusion import PREDICTIONS, VARIANCES
     from ddpm.models import MODELS
+    from ddpm.samplers import SAMPLERS, SPACINGS
     from ddpm.schedules import SCHEDULES
 
     tr, df = cfg.train, cfg.diffusion
@@ -232,6 +235,15 @@ def validate(cfg: Config) -> Config:
         (cfg.data.n_samples >= 1, "data.n_samples must be at least 1"),
         (cfg.sample.steps is None or 1 <= cfg.sample.steps <= df.T, f"sample.steps must lie in 1…T ({df.T})"),
         (cfg.sample.eval_n >= 0, "sample.eval_n must be non-negative"),
+        (
+            cfg.sample.sampler in SAMPLERS,
+            f"sample.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sample.sampler!r}",
+        ),
+        (
+            cfg.sample.spacing in SPACINGS,
+            f"sample.spacing must be one of {', '.join(SPACINGS)}, got {cfg.sample.spacing!r}",
+        ),
+        (0 <= cfg.sample.eta <= 1, "sample.eta must lie in [0, 1]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -115,6 +115,22 @@ def eps_from_v(x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor, schedule: Sc
     )
 
 
+def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Dynamic thresholding of a predicted x̂_0 (Saharia et al. 2022, "Imagen", sec. 2.3).
+
+    Per sample, s is the ``percentile`` (a fraction such as 0.995) of |x̂_0| over all its elements, floored at
+    1; x̂_0 is then clipped to [−s, s] and divided by s, so it lands in [−1, 1]. With s = 1 this is plain
+    clipping; when many values saturate, it pulls them back inside rather than flattening them at ±1.
+    """
+    if not 0 < percentile <= 1:
+        raise ValueError(f"the threshold percentile must lie in (0, 1], got {percentile!r}")
+    flat = x0.flatten(1)
+    # torch.quantile wants float32 or float64; the result goes back to x̂_0's dtype.
+    s = torch.quantile(flat.abs().to(torch.promote_types(x0.dtype, torch.float32)), percentile, dim=1)
+    s = s.clamp(min=1).to(x0.dtype)[:, None]
+    return (torch.maximum(torch.minimum(flat, s), -s) / s).reshape(x0.shape)
+
+
 def x0_eps_from_output(
     output: torch.Tensor,
     x_t: torch.Tensor,
@@ -122,11 +138,14 @@ def x0_eps_from_output(
     schedule: Schedule,
     prediction: str = "eps",
     clip_x0: float | None = None,
+    threshold: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a network's output as (x̂_0, ε̂), whichever of ε, x_0 or v it predicts.
 
     With ``clip_x0`` the prediction x̂_0 is clamped to [−clip_x0, clip_x0] (the data range) and ε̂ is
     recomputed from it, so both stay consistent with x_t (Ho et al. 2020, sec. 3.3 and their code).
+    ``threshold`` (a percentile such as 0.995) first applies :func:`dynamic_threshold`, which already maps
+    x̂_0 into [−1, 1], so a ``clip_x0`` ≥ 1 given as well changes nothing; ε̂ is recomputed the same way.
     """
     if prediction == "eps":
         eps, x0 = output, predict_x0_from_eps(x_t, t, output, schedule)
@@ -136,8 +155,11 @@ def x0_eps_from_output(
         x0, eps = x0_from_v(x_t, t, output, schedule), eps_from_v(x_t, t, output, schedule)
     else:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    if threshold is not None:
+        x0 = dynamic_threshold(x0, threshold)
     if clip_x0 is not None:
         x0 = x0.clamp(-clip_x0, clip_x0)
+    if threshold is not None or clip_x0 is not None:
         eps = predict_eps_from_x0(x_t, t, x0, schedule)
     return x0, eps
 

@@ -157,14 +157,18 @@ def standard_fid(
     The test set's statistics are computed once and cached next to the data, keyed by the Inception
     weights and the data checksum. Slow on a CPU (see :mod:`ddpm.evaluation.inception`).
     """
-    from ddpm.evaluation.inception import INCEPTION_SHA256, inception_features, load_inception
-
-    inception = load_inception(device="cuda" if torch.cuda.is_available() else "cpu")
-    cache = (
-        image_data.data_root(root)
-        / "inception"
-        / (f"{dataset}-test-{data_checksum(dataset)[:12]}-{INCEPTION_SHA256[:12]}.npz")
+    from ddpm.evaluation.inception import (
+        INCEPTION_SHA256,
+        inception_features,
+        inception_weights,
+        load_inception,
     )
+
+    root = image_data.data_root(root)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    inception = load_inception(device=device, path=inception_weights(cache_dir=root, progress=progress))
+    key = f"{dataset}-test{len(test_x)}-{data_checksum(dataset)[:12]}-{INCEPTION_SHA256[:12]}"
+    cache = root / "inception" / f"{key}.npz"
     if cache.is_file():
         stats = np.load(cache)
         mu, sigma = stats["mu"], stats["sigma"]

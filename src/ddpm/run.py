@@ -24,7 +24,7 @@ from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.trainer import Trainer, load_into, resolve_device
 from ddpm.fileio import atomic_write_text
 from ddpm.models import build_model, count_parameters
-from ddpm.samplers import SAMPLERS, classifier_free_guidance, make_denoiser
+from ddpm.samplers import SAMPLERS, classifier_free_guidance, make_denoiser, make_timesteps, sampler_options
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
@@ -195,11 +195,10 @@ def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset, s
 
 
 def sample_timesteps(cfg: Config, schedule: Schedule) -> list[int] | None:
-    """The run's sampling steps: all T (None) or ``cfg.sample.steps`` of them, evenly spaced."""
-    if not cfg.sample.steps:
+    """The run's sampling steps: all T (None) or ``sample.steps`` of them, spaced by ``sample.spacing``."""
+    if not cfg.sample.steps or cfg.sample.steps == schedule.T:
         return None
-    stride = schedule.T / cfg.sample.steps
-    return sorted({int(round(i * stride)) for i in range(cfg.sample.steps)}, reverse=True)
+    return make_timesteps(schedule, cfg.sample.steps, cfg.sample.spacing)
 
 
 @torch.no_grad()
@@ -231,6 +230,7 @@ def sample(
     generator = torch.Generator(device).manual_seed(seed)
     sampler = SAMPLERS[cfg.sample.sampler]
     timesteps = sample_timesteps(cfg, schedule)
+    options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, eta=cfg.sample.eta)
     n_steps = len(timesteps) if timesteps is not None else schedule.T
     bar = tqdm(total=n * n_steps, desc="sampling", unit="img-step", disable=not progress, unit_scale=True)
     was_training = model.training
@@ -259,7 +259,7 @@ def sample(
                 timesteps,
                 generator=generator,
                 callback=step_callback,
-                variance=cfg.diffusion.variance,
+                **options,
             )
         )
     bar.close()
