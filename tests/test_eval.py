@@ -44,7 +44,9 @@ def runs(tmp_path_factory, mnist_lenet):
     return {
         "cond": _train(root / "cond", "mnist-cond", SMALL_UNET),
         "uncond": _train(
-            root / "uncond", "mnist-tiny", [f"data.root={DATA}", "sample.steps=3", "sample_n=4"]
+            root / "uncond",
+            "mnist-tiny",
+            [f"data.root={DATA}", "sample.steps=3", "sample_n=4", "diffusion.T=50"],
         ),
     }
 
@@ -91,6 +93,7 @@ def test_eval_is_reproducible_and_prints_a_table(runs, capsys):
         (["--n", "1"], "--n must be at least 2"),
         (["--n", "70000"], "the floor needs as many training images"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--sampler", "ddim", "--eta", "2"], "sample.eta must lie in [0, 1]"),
     ],
 )
 def test_eval_refusals_are_one_line(runs, capsys, argv, message):
@@ -151,3 +154,32 @@ def test_standard_fid_caches_the_test_statistics(tmp_path):
     assert lines == []  # the cached statistics were used
     noise = uniform_noise_images(4, (1, 28, 28))
     assert standard_fid(noise, reference, "mnist", tmp_path, progress=False) > 2 * fid > 0
+
+
+def test_eval_with_ddim_names_its_report_after_the_settings(runs, capsys):
+    run = runs["uncond"]
+    argv = ["eval", str(run), "--n", "20", "--sampler", "ddim", "--eta", "0.5", "--spacing", "trailing"]
+    assert main([*argv, "--steps", "3", "--json"]) == 0
+    report = _last_json(capsys)
+    assert (report["sampler"], report["eta"], report["spacing"]) == ("ddim", 0.5, "trailing")
+    assert (run / "eval" / "ddim-3-eta0.5-trailing-n20-s0.json").is_file()
+
+
+def test_sweep_covers_every_sampler_and_the_full_t_point(runs, capsys):
+    run = runs["uncond"]
+    assert main(["sweep", str(run), "--n", "20", "--full-n", "10", "--steps", "2,5", "--json"]) == 0
+    result = _last_json(capsys)
+    plan = [(r["sampler"], r["steps"], r["n"]) for r in result["rows"]]
+    assert plan == [(s, k, 20) for s in ("ddpm", "ddim", "dpmpp2m") for k in (2, 5)] + [("ddpm", 50, 10)]
+    assert all(np.isfinite(r["fld"]) and r["nfe"] == r["steps"] for r in result["rows"])
+    assert json.loads((run / "eval" / "sweep.json").read_text())["rows"] == result["rows"]
+    assert Image.open(run / "eval" / "sweep.png").size[0] > 100
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--samplers", "ddpm,euler"], "--samplers 'ddpm,euler'"), (["--steps", "0,4"], "expected positive")],
+)
+def test_sweep_refusals(runs, capsys, argv, message):
+    assert main(["sweep", str(runs["uncond"]), *argv]) == 2
+    assert message in capsys.readouterr().err

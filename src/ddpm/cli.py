@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm import plotting, run
-from ddpm.config import Config, ConfigError, apply_overrides
+from ddpm.config import Config, ConfigError, apply_overrides, validate
 from ddpm.engine import checkpoint as ckpt
 from ddpm.evaluation.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
@@ -52,6 +52,11 @@ def cmd_sample(args) -> int:
         cfg.sample.sampler = args.sampler
     if args.steps is not None:
         cfg.sample.steps = args.steps
+    if args.spacing is not None:
+        cfg.sample.spacing = args.spacing
+    if args.eta is not None:
+        cfg.sample.eta = args.eta
+    validate(cfg)
     num_classes = cfg.model.kwargs.get("num_classes")
     if args.label is not None and (num_classes is None or not 0 <= args.label < num_classes):
         why = "an unconditional model" if num_classes is None else f"labels 0…{num_classes - 1}"
@@ -175,6 +180,8 @@ def cmd_eval(args) -> int:
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
+        spacing=args.spacing,
+        eta=args.eta,
         fid=args.fid,
         batch_size=args.batch_size,
         device=args.device,
@@ -191,6 +198,47 @@ def cmd_eval(args) -> int:
     print(f"{'class histogram':>27}: " + ", ".join(f"{p:.3f}" for p in report["class_histogram"]))
     if args.json:
         print(json.dumps(report))
+    return 0
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} {text!r}: expected positive integers")
+    return values
+
+
+def cmd_sweep(args) -> int:
+    from ddpm.evaluate import sweep_run
+
+    samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = [s for s in samplers if s not in run.SAMPLERS]
+    if unknown or not samplers:
+        raise ConfigError(f"--samplers {args.samplers!r}: choose from {', '.join(run.SAMPLERS)}")
+    result = sweep_run(
+        Path(args.run),
+        n=args.n,
+        full_n=args.full_n,
+        samplers=samplers,
+        steps=_int_list(args.steps, "--steps"),
+        guidance=args.guidance,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    print(f"{'sampler':>8} {'steps':>6} {'N':>6} {'FLD':>9} {'floor':>8} {'seconds':>8}")
+    for r in result["rows"]:
+        print(
+            f"{r['sampler']:>8} {r['steps']:>6} {r['n']:>6} {r['fld']:>9.3f} {r['fld_train_test']:>8.3f}"
+            f" {r['sample_seconds']:>8.1f}"
+        )
+    print(f"wrote {result['path']} and sweep.png")
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -219,6 +267,17 @@ def cmd_lenet_train(args) -> int:
     return 0
 
 
+def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's") -> None:
+    """--sampler, --steps, --spacing, --eta and --guidance, shared by sample, eval and sweep."""
+    from ddpm.samplers import SPACINGS
+
+    p.add_argument("--sampler", choices=list(run.SAMPLERS), help="default: the run's (ddpm)")
+    p.add_argument("--steps", type=int, help=f"sampling steps (default: {default_steps})")
+    p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
+    p.add_argument("--eta", type=float, help="DDIM's η in [0, 1] (default 0: deterministic)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm", description="Denoising diffusion probabilistic models from first principles."
@@ -243,10 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a PNG (scatter or grid) or .npy file")
     p.add_argument("--gif", help="also write a GIF of the reverse process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", type=int, help="the class to draw (conditional models)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (needs --label)")
-    p.add_argument("--sampler", choices=sorted(run.SAMPLERS), help="default: the run's")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the run's, all T)")
+    p.add_argument("--label", type=int, help="the class to draw (conditional models; needed by --guidance)")
+    _sampling_flags(p)
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.set_defaults(func=cmd_sample)
@@ -265,16 +322,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="sample a run and measure it: FLD with its references, classes, FID")
     p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
     p.add_argument("--n", type=int, default=10_000, help="how many samples (default 10000)")
-    p.add_argument("--sampler", choices=sorted(run.SAMPLERS), help="default: the run's")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
+    _sampling_flags(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fid", action="store_true", help="also the standard FID on Inception-v3 (slow on a CPU)")
-    p.add_argument("--batch-size", type=int, default=1000, help="samples drawn at once")
+    p.add_argument(
+        "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
+    )
     p.add_argument("--name", help="report name (default: from sampler, steps, n, guidance and seed)")
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.add_argument("--json", action="store_true", help="end with the report as one JSON line")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sweep", help="FLD against the number of sampling steps, for each sampler")
+    p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
+    p.add_argument("--n", type=int, default=1000, help="samples per point (default 1000)")
+    p.add_argument("--full-n", type=int, help="samples for the full-T DDPM point (default: --n)")
+    p.add_argument("--samplers", default=",".join(run.SAMPLERS), help="comma-separated (default: all)")
+    p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts (T is always added)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
+    )
+    p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
+    p.add_argument("--json", action="store_true", help="end with the sweep as one JSON line")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("lenet", help="the LeNet5 classifier behind FLD")
     lenet_sub = p.add_subparsers(dest="lenet_command", required=True)
@@ -293,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("n", "batch_size"):
-        if getattr(args, flag, 1) < 1:
+    for flag in ("n", "batch_size", "full_n"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"ddpm: error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
     try:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ddpm import plotting
+from ddpm.config import validate
 from ddpm.data import IMAGE_SETS
 from ddpm.data import images as image_data
 from ddpm.evaluation import fld as fld_metrics
@@ -31,10 +32,14 @@ EVAL_DIR = "eval"
 GRID_N = 100
 
 
-def eval_name(sampler: str, steps: int, n: int, guidance: float | None, seed: int) -> str:
-    """The report's file stem, e.g. ``ddpm-100-n10000-s0`` or ``ddpm-50-n1000-g2-s0``."""
+def eval_name(
+    sampler: str, steps: int, n: int, guidance: float | None, seed: int, spacing: str = "uniform", eta=0.0
+) -> str:
+    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-s0``."""
+    e = f"-eta{eta:g}" if sampler == "ddim" and eta else ""
+    sp = f"-{spacing}" if spacing != "uniform" else ""
     g = f"-g{guidance:g}" if guidance is not None else ""
-    return f"{sampler}-{steps}-n{n}{g}-s{seed}"
+    return f"{sampler}-{steps}{e}{sp}-n{n}{g}-s{seed}"
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -50,8 +55,10 @@ def evaluate_run(
     steps: int | None = None,
     guidance: float | None = None,
     seed: int = 0,
+    spacing: str | None = None,
+    eta: float | None = None,
     fid: bool = False,
-    batch_size: int = 1000,
+    batch_size: int | None = None,
     device: str | None = None,
     name: str | None = None,
     progress: bool = True,
@@ -62,6 +69,8 @@ def evaluate_run(
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, weights="ema", device=device)
     cfg = loaded.cfg
+    if batch_size is None:  # on 2 CPU cores, batches of 100 sampled 1.8x faster than batches of 1000
+        batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
     dataset = cfg.data.name
     if dataset not in IMAGE_SETS:
         raise RunError(f"FLD needs a LeNet trained on the run's data; {dataset!r} is not one of {IMAGE_SETS}")
@@ -69,6 +78,11 @@ def evaluate_run(
         if sampler not in SAMPLERS:
             raise RunError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
         cfg.sample.sampler = sampler
+    if spacing is not None:
+        cfg.sample.spacing = spacing
+    if eta is not None:
+        cfg.sample.eta = eta
+    validate(cfg)
     T = loaded.schedule.T
     if steps is not None:
         if not 1 <= steps <= T:
@@ -80,7 +94,7 @@ def evaluate_run(
         raise RunError("guidance needs a class-conditional run (model.kwargs.num_classes)")
     if n < 2:
         raise RunError("--n must be at least 2 (a covariance needs two samples)")
-    name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed)
+    name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta)
 
     classifier = load_lenet(
         dataset, root=cfg.data.root, cache_dir=image_data.data_root(cfg.data.root), progress=progress, log=log
@@ -133,6 +147,8 @@ def evaluate_run(
     report.update(
         sampler=cfg.sample.sampler,
         steps=steps,
+        spacing=cfg.sample.spacing,
+        eta=cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
         guidance=guidance,
         n=n,
         seed=seed,
@@ -181,3 +197,59 @@ def standard_fid(
         partial.replace(cache)
     features = inception_features(inception, x, progress=progress)
     return frechet_distance(*gaussian_statistics(features), mu, sigma)
+
+
+SWEEP_STEPS = (10, 20, 50, 100)
+
+
+def sweep_run(
+    run_dir: Path,
+    *,
+    n: int = 1000,
+    full_n: int | None = None,
+    samplers: list[str] | None = None,
+    steps: tuple[int, ...] = SWEEP_STEPS,
+    guidance: float | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Quality against cost: FLD at each step count for each sampler, and the full-T DDPM sampler.
+
+    Every point is one :func:`evaluate_run` (its report lands in ``RUN/eval/`` as usual). The full-T point
+    costs T network evaluations per sample, so it may use fewer samples (``full_n``); its FLD is then
+    compared with its own floor, at its own N. Writes ``RUN/eval/sweep.json`` and ``RUN/eval/sweep.png``.
+    """
+    run_dir = Path(run_dir)
+    loaded_cfg = load_run(run_dir, device="cpu").cfg
+    T = loaded_cfg.diffusion.T
+    full_n = full_n or n
+    samplers = samplers or list(SAMPLERS)
+    plan = [(s, k, n) for s in samplers for k in steps if k < T] + [("ddpm", T, full_n)]
+    rows = []
+    for i, (sampler, k, size) in enumerate(plan):
+        log(f"sweep {i + 1}/{len(plan)}: {sampler}, {k} steps, N = {size}")
+        report = evaluate_run(
+            run_dir,
+            n=size,
+            sampler=sampler,
+            steps=k,
+            guidance=guidance,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            log=log,
+        )
+        keep = ("sampler", "steps", "n", "fld", "fld_train_test", "fld_noise_test", "class_entropy")
+        row = {key: report[key] for key in keep}
+        row.update(nfe=k, sample_seconds=report["sample_seconds"], precision=report.get("precision"))
+        rows.append(row)
+    result = {"run": str(run_dir), "guidance": guidance, "seed": seed, "T": T, "rows": rows}
+    out = run_dir / EVAL_DIR
+    atomic_write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
+    plotting.fld_vs_nfe(out / "sweep.png", rows, title=f"{run_dir.name}: FLD against network evaluations")
+    result["path"] = str(out / "sweep.json")
+    return result

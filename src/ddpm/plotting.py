@@ -149,3 +149,27 @@ def labelled_grid(
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Path:
+    """FLD against the number of network evaluations, one line per sampler; the floor (real training images
+    at the same N) dashed. ``rows`` hold ``sampler``, ``nfe``, ``n``, ``fld`` and ``fld_train_test``."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in mine], [r["fld"] for r in mine], "o-", label=sampler)
+    for n in sorted({r["n"] for r in rows}):
+        floor = np.mean([r["fld_train_test"] for r in rows if r["n"] == n])
+        ax.axhline(floor, color="k", lw=0.8, ls="--")
+        ax.annotate(f"floor, N = {n}", (ax.get_xlim()[0], floor), fontsize=7, va="bottom")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("network evaluations per sample (steps)")
+    ax.set_ylabel("FLD against the test set")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -33,6 +33,10 @@ def load_dataset(cfg: DataConfig, split: str = "train", progress: bool = True) -
     if cfg.name in toy.TOY_DATASETS:
         x = toy.make_toy(cfg.name, cfg.n_samples, seed=cfg.data_seed, noise=cfg.noise)
         return Dataset(x, None, None)
+    if cfg.name in toy.LABELLED_TOY_DATASETS:
+        fn, names = toy.LABELLED_TOY_DATASETS[cfg.name]
+        x, y = fn(cfg.n_samples, seed=cfg.data_seed, noise=cfg.noise)
+        return Dataset(x, y, len(names), list(names))
     if cfg.name in IMAGE_SETS:
         from ddpm.data import images
 
@@ -48,5 +52,5 @@ def load_dataset(cfg: DataConfig, split: str = "train", progress: bool = True) -
             cfg.root, size=cfg.image_size, channels=cfg.channels, progress=progress
         )
         return Dataset(x, y, len(names) if names else None, names)
-    choices = ", ".join([*toy.TOY_DATASETS, *IMAGE_SETS, "folder"])
+    choices = ", ".join([*toy.TOY_DATASETS, *toy.LABELLED_TOY_DATASETS, *IMAGE_SETS, "folder"])
     raise ValueError(f"unknown data set {cfg.name!r}; choose one of {choices}")

@@ -39,6 +39,10 @@ __all__ = [
     "eight_gaussians",
     "TOY_DATASETS",
     "make_toy",
+    "SHAPES3_CLASSES",
+    "shapes3",
+    "shapes3_curves",
+    "LABELLED_TOY_DATASETS",
 ]
 
 THETA_MIN: float = 1.5 * math.pi
@@ -259,3 +263,51 @@ def make_toy(
     except (KeyError, TypeError):
         raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}") from None
     return fn(n, generator, seed=seed, noise=noise)
+
+
+# --------------------------------------------------------------------------- a labelled set
+#: The classes of ``shapes3``, in label order.
+SHAPES3_CLASSES: tuple[str, ...] = ("spiral", "s-curve", "moons")
+_SHAPES3_PARTS: tuple[ToySampler, ...] = (spiral, s_curve, moons)
+
+
+def shapes3(
+    n: int, generator: torch.Generator | None = None, *, seed: int | None = None, noise: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three toy sets as three classes on top of one another: ``(points (n, 2) float32, labels (n,) long)``.
+
+    Label 0 is the spiral, 1 the s-curve, 2 the moons (``SHAPES3_CLASSES``), each drawn as by its own
+    function and left as it is: all three already span ``[-1, 1]^2``, so the classes overlap in one square
+    and only the label tells them apart (the setting in which classifier-free guidance has work to do).
+    The classes get ``n // 3`` points each, the first ``n % 3`` of them one more; the points are shuffled.
+    """
+    n, gen = _check_n(n), _generator(generator, seed)
+    counts = [n // 3 + (k < n % 3) for k in range(3)]
+    x = torch.cat([part(m, gen, noise=noise) for part, m in zip(_SHAPES3_PARTS, counts)])
+    y = torch.cat([torch.full((m,), k, dtype=torch.long) for k, m in enumerate(counts)])
+    perm = torch.randperm(n, generator=gen)
+    return x[perm], y[perm]
+
+
+def shapes3_curves(grid_size: int = 20001) -> list[np.ndarray]:
+    """Dense float64 points ``(M, 2)`` along the continuous curve of each ``shapes3`` class, in label order.
+
+    The moons are their two arcs, stacked. Along each curve or arc neighbouring points are less than 1e-3
+    apart for the default ``grid_size``, so the distance to the nearest of them is the distance to the curve
+    to within 5e-4.
+    """
+    spiral_xy = np.stack(spiral_curve(np.linspace(THETA_MIN, THETA_MAX, grid_size)), axis=1)
+    t = np.linspace(-1.5 * math.pi, 1.5 * math.pi, grid_size)
+    s_xy = np.stack([np.sin(t), 0.5 * np.sign(t) * (np.cos(t) - 1.0)], axis=1)
+    t = np.linspace(0.0, math.pi, grid_size // 2 + 1)
+    x = np.concatenate([np.cos(t), 1.0 - np.cos(t)])
+    y = np.concatenate([np.sin(t), 0.5 - np.sin(t)])
+    moons_xy = np.stack([(x - 0.5) / 1.5, (y - 0.25) / 0.75], axis=1)
+    return [spiral_xy, s_xy, moons_xy]
+
+
+#: Labelled 2-D sets: ``f(n, generator=None, *, seed=None, noise=0.0) -> (points, labels)``, with their
+#: class names.
+LABELLED_TOY_DATASETS: dict[str, tuple[Callable[..., tuple[torch.Tensor, torch.Tensor]], tuple[str, ...]]] = {
+    "shapes3": (shapes3, SHAPES3_CLASSES),
+}
