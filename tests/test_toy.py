@@ -354,3 +354,76 @@ def test_points_metrics():
     assert mo["energy_distance"] == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ValueError, match="moons"):
         points_metrics(good, "circles")
+
+
+# ----------------------------------------------------------------------------------------- shapes3
+def _polyline_distance(p: torch.Tensor, curve: np.ndarray) -> torch.Tensor:
+    return torch.cdist(p.double(), torch.from_numpy(curve)).min(1).values
+
+
+def test_shapes3_labels_and_load_dataset():
+    from ddpm.config import DataConfig
+    from ddpm.data import load_dataset
+
+    data = load_dataset(DataConfig(name="shapes3", n_samples=3000, data_seed=7))
+    assert data.x.shape == (3000, 2) and data.x.dtype == torch.float32
+    assert data.y.shape == (3000,) and data.y.dtype == torch.long
+    assert data.num_classes == 3 and data.class_names == ["spiral", "s-curve", "moons"]
+    assert list(toy.SHAPES3_CLASSES) == data.class_names
+    x, y = toy.shapes3(3000, seed=7)
+    assert torch.equal(data.x, x) and torch.equal(data.y, y)
+    # the unlabelled sets are untouched and still come without labels
+    assert "shapes3" not in TOY_DATASETS
+    assert load_dataset(DataConfig(name="moons", n_samples=10)).y is None
+
+
+def test_shapes3_classes_are_the_toy_sets():
+    x, y = toy.shapes3(1500, seed=0)
+    curves = toy.shapes3_curves()
+    assert distance_to_spiral(x[y == 0].double().numpy()).max() < 1e-6
+    assert _polyline_distance(x[y == 0], curves[0]).max() < 5e-4  # the polyline agrees with the exact curve
+    assert _polyline_distance(x[y == 1], curves[1]).max() < 5e-4
+    assert _polyline_distance(x[y == 2], curves[2]).max() < 5e-4
+    # the s-curve and moons are not on each other's curves: the labels are not interchangeable
+    assert _polyline_distance(x[y == 1], curves[2]).mean() > 0.05
+    assert _polyline_distance(x[y == 2], curves[1]).mean() > 0.05
+
+
+def test_shapes3_balance_and_shuffle():
+    _, y = toy.shapes3(3000, seed=1)
+    assert torch.bincount(y, minlength=3).tolist() == [1000, 1000, 1000]
+    assert torch.bincount(toy.shapes3(10, seed=1)[1], minlength=3).tolist() == [4, 3, 3]
+    assert toy.shapes3(0, seed=1)[0].shape == (0, 2)
+    assert (y[1:] != y[:-1]).float().mean() > 0.5  # mixed, not in blocks of one class
+
+
+def test_shapes3_classes_overlap():
+    x, y = toy.shapes3(3000, seed=2)
+    lo = torch.stack([x[y == c].min(0).values for c in range(3)])
+    hi = torch.stack([x[y == c].max(0).values for c in range(3)])
+    # every class spans nearly all of [-1, 1]^2, so the intersection of the three boxes does too
+    assert lo.min() >= -1.0 - 1e-6 and hi.max() <= 1.0 + 1e-6
+    assert ((hi.min(0).values - lo.max(0).values) > 1.8).all()
+    # and the classes share the middle of the square: each has points within 0.5 of the centre
+    for c in range(3):
+        assert (x[y == c].norm(dim=1) < 0.5).sum() > 20
+
+
+def test_shapes3_seeding():
+    a = toy.shapes3(600, seed=3)
+    assert all(torch.equal(u, v) for u, v in zip(a, toy.shapes3(600, seed=3)))
+    b = toy.shapes3(600, torch.Generator().manual_seed(3))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], toy.shapes3(600, seed=4)[0])
+    noisy = toy.shapes3(600, seed=3, noise=0.05)
+    assert torch.equal(noisy[1], a[1])  # the noise is drawn last: same points, same labels, plus noise
+    assert abs((noisy[0] - a[0]).std().item() - 0.05) < 0.005
+    with pytest.raises(ValueError):
+        toy.shapes3(10, torch.Generator(), seed=0)
+
+
+def test_shapes3_curves_are_dense():
+    spiral_xy, s_xy, moons_xy = toy.shapes3_curves()
+    half = len(moons_xy) // 2
+    for piece in (spiral_xy, s_xy, moons_xy[:half], moons_xy[half:]):
+        assert np.linalg.norm(np.diff(piece, axis=0), axis=1).max() < 1e-3

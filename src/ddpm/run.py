@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ddpm import diffusion, plotting
 from ddpm.config import Config, ConfigError, validate
@@ -24,6 +23,7 @@ from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.trainer import Trainer, load_into, resolve_device
 from ddpm.fileio import atomic_write_text
 from ddpm.models import build_model, count_parameters
+from ddpm.progress import progress_bar
 from ddpm.samplers import SAMPLERS, classifier_free_guidance, make_denoiser, make_timesteps, sampler_options
 from ddpm.schedules import Schedule, make_schedule
 
@@ -171,8 +171,8 @@ def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset, s
     """End-of-training metrics for 2-D sets: distance of ``samples`` to the curve, their energy distance with
     its floor, and the negative log-likelihood bound in bits per dimension on held-out points (Ho et al.
     2020, eq. 5)."""
-    if data.is_image or cfg.sample.eval_n == 0:
-        return {}
+    if data.is_image or data.y is not None or cfg.sample.eval_n == 0:
+        return {}  # labelled sets (shapes3) are measured per class, in notebook 3.1
     from ddpm.evaluation.points import points_metrics
 
     metrics = points_metrics(samples.cpu(), cfg.data.name, seed=cfg.seed + 2)
@@ -232,7 +232,9 @@ def sample(
     timesteps = sample_timesteps(cfg, schedule)
     options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, eta=cfg.sample.eta)
     n_steps = len(timesteps) if timesteps is not None else schedule.T
-    bar = tqdm(total=n * n_steps, desc="sampling", unit="img-step", disable=not progress, unit_scale=True)
+    bar = progress_bar(
+        total=n * n_steps, desc="sampling", unit="img-step", disable=not progress, unit_scale=True
+    )
     was_training = model.training
     model.eval()
     chunks = []

@@ -279,14 +279,15 @@ def shapes3(
     Label 0 is the spiral, 1 the s-curve, 2 the moons (``SHAPES3_CLASSES``), each drawn as by its own
     function and left as it is: all three already span ``[-1, 1]^2``, so the classes overlap in one square
     and only the label tells them apart (the setting in which classifier-free guidance has work to do).
-    The classes get ``n // 3`` points each, the first ``n % 3`` of them one more; the points are shuffled.
+    The classes get ``n // 3`` points each, the first ``n % 3`` of them one more; the points are shuffled,
+    and ``noise`` is drawn last, so the same seed gives the same points and labels with or without it.
     """
     n, gen = _check_n(n), _generator(generator, seed)
     counts = [n // 3 + (k < n % 3) for k in range(3)]
-    x = torch.cat([part(m, gen, noise=noise) for part, m in zip(_SHAPES3_PARTS, counts)])
+    x = torch.cat([part(m, gen) for part, m in zip(_SHAPES3_PARTS, counts)])
     y = torch.cat([torch.full((m,), k, dtype=torch.long) for k, m in enumerate(counts)])
     perm = torch.randperm(n, generator=gen)
-    return x[perm], y[perm]
+    return _finish(x[perm].double().numpy(), gen, noise), y[perm]
 
 
 def shapes3_curves(grid_size: int = 20001) -> list[np.ndarray]:

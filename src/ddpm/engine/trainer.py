@@ -12,7 +12,6 @@ import contextlib
 import csv
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ddpm.config import TrainConfig
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.ema import EMA
+from ddpm.progress import progress_bar
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
 
@@ -247,15 +246,11 @@ class Trainer:
         start = time.monotonic()
         last_ckpt = start
         interrupted = False
-        # In a terminal the bar refreshes 10 times a second; a log file gets one line every 30 s.
-        every = 0.1 if sys.stderr.isatty() else 30
-        bar = tqdm(
+        bar = progress_bar(
             total=cfg.max_steps,
             initial=self.step,
             disable=self.rank != 0,
-            dynamic_ncols=True,
             desc="train",
-            mininterval=every,
         )
         self.model.train()
         window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, time.perf_counter()

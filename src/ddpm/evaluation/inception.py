@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ddpm.data.images import data_root, sha256_file
+from ddpm.progress import progress_bar
 
 __all__ = [
     "INCEPTION_SHA256",
@@ -212,7 +212,7 @@ def inception_features(model, images, batch_size: int = 50, progress: bool = Tru
     out = np.empty((images.shape[0], FEATURE_DIM), dtype=np.float64)
     with (
         torch.no_grad(),
-        tqdm(total=images.shape[0], unit="img", desc="inception", disable=not progress) as bar,
+        progress_bar(total=images.shape[0], unit="img", desc="inception", disable=not progress) as bar,
     ):
         for start in range(0, images.shape[0], batch_size):
             batch = _preprocess(images[start : start + batch_size].to(device))

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from ddpm.data.images import SPLITS, data_root, dataset_info, load, to_tensor
 from ddpm.models.lenet import LeNet5
+from ddpm.progress import progress_bar
 
 EPOCHS = 6
 BATCH_SIZE = 128
@@ -97,7 +97,9 @@ def train_lenet(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
     model.train()
-    with tqdm(total=epochs * steps_per_epoch, desc="LeNet-5", disable=not progress, leave=False) as bar:
+    with progress_bar(
+        total=epochs * steps_per_epoch, desc="LeNet-5", disable=not progress, leave=False
+    ) as bar:
         for step in range(epochs * steps_per_epoch):
             if step % steps_per_epoch == 0:
                 perm = torch.randperm(len(x_train), generator=order).to(x_train.device)
