@@ -122,8 +122,8 @@ def evaluate_run(
     x = quantize(x.float().cpu())
 
     model = classifier.model
-    reference = gaussian_statistics(lenet_features(model, test_x))
-    generated = lenet_features(model, x)
+    reference = gaussian_statistics(lenet_features(model, test_x, progress=progress))
+    generated = lenet_features(model, x, progress=progress)
     predicted = lenet_predict(model, x)
     k = len(image_data.dataset_info(dataset).classes)
     report = {

@@ -186,9 +186,11 @@ def load_lenet(
 
 
 @torch.no_grad()
-def lenet_features(model: LeNet5, images: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+def lenet_features(
+    model: LeNet5, images: torch.Tensor, batch_size: int = 1000, progress: bool = False
+) -> np.ndarray:
     """F6 activations of ``images`` (N, 1, 28, 28) in [-1, 1], as float64 (N, 84): what the FLD compares."""
-    return _batched(model.features, model, images, batch_size, torch.float64)
+    return _batched(model.features, model, images, batch_size, torch.float64, progress)
 
 
 @torch.no_grad()
@@ -197,14 +199,17 @@ def lenet_predict(model: LeNet5, images: torch.Tensor, batch_size: int = 1000) -
     return _batched(lambda x: model(x).argmax(1), model, images, batch_size, torch.int64)
 
 
-def _batched(fn, model: LeNet5, images: torch.Tensor, batch_size: int, dtype: torch.dtype) -> np.ndarray:
+def _batched(
+    fn, model: LeNet5, images: torch.Tensor, batch_size: int, dtype: torch.dtype, progress: bool = False
+) -> np.ndarray:
     """Apply ``fn`` to ``images`` in batches on the model's device; concatenate on the CPU as ``dtype``."""
     _check_images(images)
     param = next(model.parameters())
-    outs = [  # at least one (maybe empty) batch, so that no images give an empty array of the right shape
-        fn(images[i : i + batch_size].to(param.device, param.dtype)).to("cpu", dtype)
-        for i in range(0, max(len(images), 1), batch_size)
-    ]
+    starts = range(0, max(len(images), 1), batch_size)  # one (maybe empty) batch at least: right shape
+    bar = progress_bar(
+        iterable=starts, desc="LeNet features", unit="batch", disable=not progress, leave=False
+    )
+    outs = [fn(images[i : i + batch_size].to(param.device, param.dtype)).to("cpu", dtype) for i in bar]
     return torch.cat(outs).numpy()
 
 
