@@ -161,7 +161,7 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
     for n in sorted({r["n"] for r in rows}):
         floor = np.mean([r["fld_train_test"] for r in rows if r["n"] == n])
         ax.axhline(floor, color="k", lw=0.8, ls="--")
-        ax.annotate(f"floor, N = {n}", (ax.get_xlim()[0], floor), fontsize=7, va="bottom")
+        ax.text(0.01, floor, f" floor, N = {n}", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations per sample (steps)")
