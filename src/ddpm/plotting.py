@@ -37,10 +37,7 @@ def scatter_axes(ax, points, reference=None, title: str | None = None, s: float 
 def save_scatter(path: Path, points, reference=None, title: str | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     scatter_axes(ax, points, reference, title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def scatter_row(path: Path, panels: Sequence, titles: Sequence[str], reference=None) -> Path:
@@ -48,10 +45,7 @@ def scatter_row(path: Path, panels: Sequence, titles: Sequence[str], reference=N
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.6), dpi=100)
     for ax, pts, title in zip(np.atleast_1d(axes), panels, titles):
         scatter_axes(ax, pts, reference, title, s=1.5)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def points_gif(path: Path, frames: Sequence, titles: Sequence[str], duration_ms: int = 80) -> Path:
@@ -120,10 +114,7 @@ def loss_curve(path: Path, metrics_csv: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
     ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows])
     ax.set(xlabel="step", ylabel="loss", yscale="log", title="training loss")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def labelled_grid(
@@ -145,10 +136,7 @@ def labelled_grid(
     ax.spines[:].set_visible(False)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Path:
@@ -169,6 +157,11 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure; returns its path."""
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
