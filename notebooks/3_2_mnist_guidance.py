@@ -42,7 +42,7 @@ WEIGHTS = (0.0, 1.0, 2.0, 3.0, 5.0)
 def flags(parser):
     parser.add_argument("--run", type=Path, help="a trained class-conditional MNIST run (default: train one)")
     parser.add_argument("--n", type=int, default=500, help="samples per guidance weight for FLD/precision")
-    parser.add_argument("--sampler", default="dpmpp2m", help="ddpm, ddim or dpmpp2m")
+    parser.add_argument("--sampler", default="dpmpp2m", help="ddpm, ddim, dpmpp2m or dpmpp2m-sde")
     parser.add_argument("--per-class", type=int, default=6, help="samples per digit in each grid")
 
 

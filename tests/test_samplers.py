@@ -11,6 +11,7 @@ from ddpm.samplers import (
     ddim_sample,
     ddpm_sample,
     dpmpp_2m_sample,
+    dpmpp_2m_sde_sample,
     full_timesteps,
     make_denoiser,
     make_timesteps,
@@ -184,6 +185,44 @@ def test_dpmpp_2m_first_step_is_a_ddim_step_and_the_last_returns_x0():
     assert torch.equal(out, dpm[-1][1])  # the step into σ = 0 returns x̂_0 of the last evaluation
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_dpmpp_2m_sde_first_step_is_a_ddpm_step_then_second_order(prediction):
+    """SDE-DPM-Solver++'s step with D = x̂_0 is the DDPM posterior step with β̃, noise for noise; the
+    multistep correction then changes only D; the step into σ = 0 returns x̂_0."""
+    schedule = make_schedule("cosine", 100)
+    denoise = make_denoiser(fake_model, schedule, prediction)
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 8, "trailing")
+    sde, ddpm = [], []
+    out = dpmpp_2m_sde_sample(
+        denoise,
+        x_T,
+        schedule,
+        timesteps,
+        generator=torch.Generator().manual_seed(1),
+        callback=lambda i, t, x, x0: sde.append((x, x0)),
+    )
+    ddpm_sample(
+        denoise,
+        x_T,
+        schedule,
+        timesteps,
+        generator=torch.Generator().manual_seed(1),
+        callback=lambda i, t, x, x0: ddpm.append(x),
+    )
+    assert torch.allclose(sde[0][0], ddpm[0], atol=1e-12)
+    assert not torch.allclose(sde[1][0], ddpm[1], atol=1e-4)
+    assert torch.equal(out, sde[-1][1])
+    # two steps: the first is first order and the second returns x̂_0, so the whole run is DDPM's
+    two = timesteps[:1] + timesteps[-1:]
+    g = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert torch.allclose(
+        dpmpp_2m_sde_sample(denoise, x_T, schedule, two, generator=g()),
+        ddpm_sample(denoise, x_T, schedule, two, generator=g()),
+        atol=1e-12,
+    )
+
+
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.parametrize("prediction", ["x0", "v"])
 def test_every_sampler_reads_every_parameterisation(sampler, prediction):
@@ -203,7 +242,9 @@ def test_every_sampler_reads_every_parameterisation(sampler, prediction):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("sampler, tol", [("ddpm", 0.05), ("ddim", 0.02), ("dpmpp2m", 0.002)])
+@pytest.mark.parametrize(
+    "sampler, tol", [("ddpm", 0.05), ("ddim", 0.02), ("dpmpp2m", 0.002), ("dpmpp2m-sde", 0.02)]
+)
 def test_samplers_reproduce_gaussian_data(sampler, tol):
     """Data N(m, s²) with its exact denoiser: 20k samples, 50 steps uniform in log-SNR. The probability-flow
     ODE maps the prior to the data exactly, so DDIM and DPM-Solver++ miss only by their discretisation
@@ -259,6 +300,7 @@ def test_sampler_options_keeps_what_each_sampler_takes():
     assert sampler_options("ddpm", **settings) == {"variance": "large"}
     assert sampler_options("ddim", **settings) == {"eta": 0.5}
     assert sampler_options("dpmpp2m", **settings) == {}
+    assert sampler_options("dpmpp2m-sde", **settings) == {}
     assert sampler_options("ddim", variance="small", eta=None) == {}  # None: the sampler's default
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_options("euler", eta=0.0)
@@ -381,6 +423,6 @@ def test_samplers_start_from_pure_noise_with_zero_terminal_snr(sampler):
         denoise, x_T, schedule, timesteps, callback=lambda *a: states.append(a[2]), **options
     )
     assert torch.isfinite(x).all() and torch.allclose(x, torch.full_like(x, 0.4), atol=1e-10)
-    if sampler != "ddpm":
+    if sampler in ("ddim", "dpmpp2m"):  # deterministic; the others replace x_T by fresh noise
         ab = schedule.alpha_bar[timesteps[1]]
         assert torch.allclose(states[0], ab.sqrt() * 0.4 + (1 - ab).sqrt() * x_T, atol=1e-10)

@@ -18,6 +18,7 @@ from ddpm.samplers import (  # noqa: E402
     ddim_sample,
     ddpm_sample,
     dpmpp_2m_sample,
+    dpmpp_2m_sde_sample,
     make_denoiser,
     make_timesteps,
 )
@@ -292,3 +293,46 @@ def test_dpmpp_2m_sigma_min_final_differs_by_design():
     for t in scheduler.timesteps:
         x = scheduler.step(model_at(x, int(t)), t, x).prev_sample
     assert not torch.allclose(ours.float(), x, atol=1e-3)
+
+
+@pytest.mark.parametrize("schedule_name", list(SCHEDULES))
+@pytest.mark.parametrize("prediction", list(PREDICTION_TYPES))
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
+def test_dpmpp_2m_sde_matches_sde_dpm_solver_multistep(schedule_name, prediction, spacing):
+    """SDE-DPM-Solver++(2M) against algorithm_type="sde-dpmsolver++", the same noise passed to diffusers as
+    ``variance_noise`` (ours draws it from the generator at every step but the last, in float64; diffusers'
+    last step into σ = 0 multiplies its noise by zero). Float32 on diffusers' side, as above."""
+    schedule = SCHEDULES[schedule_name]
+    timesteps = make_timesteps(schedule, 12, spacing)
+    x_T = start()
+    denoise = make_denoiser(fake_model, schedule, prediction)
+    seen = []
+    ours = dpmpp_2m_sde_sample(
+        denoise,
+        x_T,
+        schedule,
+        timesteps,
+        generator=torch.Generator().manual_seed(3),
+        callback=lambda i, t, x, x0: seen.append(x),
+    )
+    g = torch.Generator().manual_seed(3)
+    noises = [torch.randn(x_T.shape, generator=g, dtype=x_T.dtype) for _ in timesteps[1:]]
+    noises.append(torch.zeros_like(x_T))
+
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        trained_betas=schedule.betas.numpy(),
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        prediction_type=PREDICTION_TYPES[prediction],
+        final_sigmas_type="zero",
+    )
+    scheduler.set_timesteps(timesteps=timesteps)
+    alpha_bar = schedule.alpha_bar[timesteps]
+    scheduler.sigmas = torch.cat([((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    x = x_T.float()
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model_at(x, int(t)), t, x, variance_noise=noises[i].float()).prev_sample
+        assert torch.allclose(seen[i].float(), x, atol=1e-5, rtol=1e-5), (i, int(t))
+    assert torch.allclose(ours.float(), x, atol=1e-5)

@@ -76,7 +76,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddpm"  # ddpm, ddim or dpmpp2m (ddpm.samplers.SAMPLERS)
+    sampler: str = "ddpm"  # ddpm, ddim, dpmpp2m or dpmpp2m-sde (ddpm.samplers.SAMPLERS)
     steps: int | None = None  # None = all T steps
     spacing: str = "uniform"  # which steps when fewer than T: uniform, trailing, quadratic, logsnr
     eta: float = 0.0  # DDIM's η: 0 deterministic, 1 ancestral

@@ -272,7 +272,7 @@ class Trainer:
                     ips = window_steps * cfg.batch_size * cfg.grad_accum * self.world / elapsed
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss} at step {self.step}; stopping")
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}")
+                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
                     self._log_row(
                         {
                             "step": self.step,

@@ -115,7 +115,7 @@ def train_lenet(
                 history.append((step + 1, loss.item(), accuracy.item()))
             bar.update()
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     return model, accuracy_of(model, x_test, y_test)
 
