@@ -1,5 +1,8 @@
+"""``python -m ddpm``, also what ``torchrun -m ddpm`` starts in every process."""
+
 import sys
 
 from ddpm.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,7 @@ import numpy as np
 from ddpm import plotting, run
 from ddpm.config import Config, ConfigError, apply_overrides, validate
 from ddpm.engine import checkpoint as ckpt
+from ddpm.engine.distributed import PeerFailed
 from ddpm.evaluation.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
 
@@ -41,7 +42,8 @@ def _config_from_args(args) -> Config:
 def cmd_train(args) -> int:
     cfg = _config_from_args(args)
     metrics = run.train(cfg, Path(args.out), restart=args.restart)
-    print(json.dumps(metrics, indent=2))
+    if metrics is not None:  # None: a rank other than 0 of a torchrun job
+        print(json.dumps(metrics, indent=2))
     return 0
 
 
@@ -379,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         OSError,
         FloatingPointError,
         InceptionError,
-    ) as e:  # ConfigError, RunError, CheckpointError, data errors
+        PeerFailed,
+    ) as e:  # ConfigError, RunError, CheckpointError, data errors, another torchrun process's error
         print(f"ddpm: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
 

@@ -20,7 +20,8 @@ from ddpm import diffusion, plotting
 from ddpm.config import Config, ConfigError, validate
 from ddpm.data import Dataset, load_dataset
 from ddpm.engine import checkpoint as ckpt
-from ddpm.engine.trainer import Trainer, load_into, resolve_device
+from ddpm.engine import distributed
+from ddpm.engine.trainer import BatchDraws, Trainer, load_into, resolve_device
 from ddpm.fileio import atomic_write_text
 from ddpm.models import build_model, count_parameters
 from ddpm.progress import progress_bar
@@ -65,16 +66,20 @@ def data_shape(cfg: Config) -> tuple[int, ...]:
 
 
 def make_loss_fn(cfg: Config, schedule: Schedule, num_classes: int | None):
-    """The diffusion training loss as the engine wants it: ``loss_fn(model, x0, y, generator)``."""
+    """The diffusion training loss as the engine wants it: ``loss_fn(model, x0, y, draws)``.
+
+    Timesteps, noise and label drops come from ``draws`` (:class:`~ddpm.engine.trainer.BatchDraws`), so
+    each sample's draws follow from its place in the global batch, however many processes share it.
+    """
     d = cfg.diffusion
 
-    def loss_fn(model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator):
+    def loss_fn(model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, draws: BatchDraws):
         b = x0.shape[0]
-        t = torch.randint(0, schedule.T, (b,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator, dtype=x0.dtype)
+        t = draws.randint(schedule.T, (b,))
+        noise = draws.randn(x0.shape, dtype=x0.dtype)
         if y is not None and num_classes and d.p_uncond > 0:
             # Classifier-free guidance (Ho & Salimans 2022): drop labels to the "no label" index.
-            drop = torch.rand(b, device=x0.device, generator=generator) < d.p_uncond
+            drop = draws.rand((b,)) < d.p_uncond
             y = torch.where(drop, torch.full_like(y, num_classes), y)
         return diffusion.training_loss(
             lambda x_t, tt: model(x_t, tt, y), x0, t, noise, schedule, d.prediction, d.min_snr_gamma
@@ -101,14 +106,9 @@ def prepare_out(out: Path, restart: bool) -> None:
         raise RunError(f"--out {out}: cannot write there ({e.strerror})") from None
 
 
-def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
-    """Train (or resume) the run in ``out``; write config, checkpoints, metrics and pictures.
-
-    An existing run folder is resumed from its latest checkpoint with the config it was started with;
-    only the budgets (``max_steps``, ``max_minutes``) may differ.
-    """
-    out = Path(out)
-    validate(cfg)
+def open_run(cfg: Config, out: Path, restart: bool, log=print) -> tuple[Config, Path | None]:
+    """Prepare ``out`` and find what to continue from: the checkpoint, and the config the run started with
+    (only the budgets are taken from ``cfg``)."""
     prepare_out(out, restart)
     latest = ckpt.latest_checkpoint(out)
     if latest is not None and (out / CONFIG_FILE).exists():
@@ -117,54 +117,82 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict:
         if saved.to_dict() != cfg.to_dict():
             log(f"resuming {out}: using its saved config (only the step and time budgets are taken from now)")
         cfg = saved
+    return cfg, latest
 
-    data = load_dataset(cfg.data)
-    classes = cfg.model.kwargs.get("num_classes")
-    if classes and data.num_classes != classes:
-        have = f"{data.num_classes} classes" if data.num_classes else "no labels"
-        raise RunError(f"the model is conditional on {classes} classes but the data set has {have}")
-    schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
-    model = make_model(cfg)
-    log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
-    cfg.save(out / CONFIG_FILE)  # only once data and model are known to fit together
-    sample_dir = out / "samples"
 
-    def save_samples(x: torch.Tensor, step: int) -> None:
-        sample_dir.mkdir(exist_ok=True)
-        path = sample_dir / f"step-{step:08d}.png"
-        if data.is_image:
-            plotting.save_grid(path, x)
-        else:
-            plotting.save_scatter(path, x, data.x[:4000], f"step {step}")
+def _save_samples(out: Path, data: Dataset, x: torch.Tensor, step: int) -> None:
+    path = out / "samples" / f"step-{step:08d}.png"
+    path.parent.mkdir(exist_ok=True)
+    if data.is_image:
+        plotting.save_grid(path, x)
+    else:
+        plotting.save_scatter(path, x, data.x[:4000], f"step {step}")
 
-    def on_sample(ema_model: nn.Module, step: int) -> None:
-        save_samples(sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0), step)
 
-    loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
-    trainer = Trainer(
-        model, loss_fn, data.x, data.y, cfg.train, out, seed=cfg.seed, on_sample=on_sample, log=log
-    )
-    if latest is not None:
-        trainer.resume(latest)
-        log(f"resumed from {latest.name} (step {trainer.step})")
-    summary = trainer.fit()
+def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | None:
+    """Train (or resume) the run in ``out``; write config, checkpoints, metrics and pictures.
+
+    An existing run folder is resumed from its latest checkpoint with the config it was started with;
+    only the budgets (``max_steps``, ``max_minutes``) may differ. Under torchrun every process calls this
+    and trains its share of each global batch: rank 0 prepares the folder while the others wait, writes
+    everything and returns the metrics; the other ranks return None.
+    """
+    out = Path(out)
+    validate(cfg)
+    with distributed.process_group() as group:
+        if group.rank:
+            log = _quiet  # one voice per job
+        cfg, latest = distributed.from_rank_zero(lambda: open_run(cfg, out, restart, log))
+
+        def setup() -> tuple[Dataset, Schedule, Trainer]:
+            data = load_dataset(cfg.data)
+            classes = cfg.model.kwargs.get("num_classes")
+            if classes and data.num_classes != classes:
+                have = f"{data.num_classes} classes" if data.num_classes else "no labels"
+                raise RunError(f"the model is conditional on {classes} classes but the data set has {have}")
+            schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
+            torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
+            model = make_model(cfg)
+            log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
+            if group.rank == 0:
+                cfg.save(out / CONFIG_FILE)  # only once data and model are known to fit together
+
+            def on_sample(ema_model: nn.Module, step: int) -> None:
+                _save_samples(out, data, sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0), step)
+
+            loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
+            trainer = Trainer(
+                model, loss_fn, data.x, data.y, cfg.train, out, cfg.seed, on_sample, *group, log=log
+            )
+            if latest is not None:
+                trainer.resume(latest)
+                log(f"resumed from {latest.name} (step {trainer.step})")
+            return data, schedule, trainer
+
+        data, schedule, trainer = distributed.on_every_rank(setup)
+        summary = trainer.fit()
+    if group.rank:
+        return None
     ema = trainer.ema.model
     # One final draw serves the picture, the sampling throughput and, for 2-D data, the metrics.
     n = cfg.train.sample_n if data.is_image else max(cfg.train.sample_n, cfg.sample.eval_n)
     t0 = time.perf_counter()
     x = sample(cfg, ema, schedule, n, seed=cfg.seed + 1)
     sample_seconds = time.perf_counter() - t0
-    save_samples(x[: cfg.train.sample_n], trainer.step)
+    _save_samples(out, data, x[: cfg.train.sample_n], trainer.step)
     if (out / "metrics.csv").exists():
         plotting.loss_curve(out / "loss.png", out / "metrics.csv")
-    metrics = {"step": trainer.step, "parameters": count_parameters(model), **summary}
+    metrics = {"step": trainer.step, "parameters": count_parameters(trainer.model), **summary}
     metrics["train_images_per_s"] = summary["images_seen"] / max(summary["train_seconds"], 1e-9)
     metrics["sample_images_per_s"] = n / sample_seconds  # at the run's number of sampling steps
     metrics["sample_steps"] = cfg.sample.steps or cfg.diffusion.T
     metrics.update(evaluate(cfg, ema, schedule, data, x[: cfg.sample.eval_n]))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def _quiet(*args) -> None:
+    pass
 
 
 def evaluate(cfg: Config, model: nn.Module, schedule: Schedule, data: Dataset, samples: torch.Tensor) -> dict:

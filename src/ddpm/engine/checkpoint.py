@@ -1,7 +1,7 @@
 """Checkpoints: safetensors for tensors, a small JSON for the rest, written atomically.
 
 A checkpoint is a folder ``checkpoints/step-00000500/`` holding ``model.safetensors``, ``ema.safetensors``,
-``optimizer.safetensors`` (optimiser moments and RNG states) and ``state.json``. It is written under a
+``optimizer.safetensors`` (the optimiser moments) and ``state.json``. It is written under a
 temporary name, every file fsynced, then renamed into place in one step, so a crash at any moment leaves
 either the complete new checkpoint or none. Loading reads tensors and JSON only: no pickle, ever.
 """

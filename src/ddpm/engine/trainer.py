@@ -1,15 +1,21 @@
 """The training loop: one loop for 2-D points and images alike.
 
-The trainer is handed a model, a ``loss_fn(model, x, y, generator) -> per-sample loss`` and the data as
+The trainer is handed a model, a ``loss_fn(model, x, y, draws) -> per-sample loss`` and the data as
 tensors; it owns the optimiser, the learning-rate schedule, the EMA, mixed precision, budgets, logging and
-checkpoints. Every random draw comes from generators whose states are checkpointed, and the data order is
-a function of (seed, epoch), so a resumed run continues exactly where it stopped.
+checkpoints. The data order is a function of (seed, epoch) and every random draw of a step a function of
+(seed, step), so a resumed run continues exactly where it stopped, with no random state to checkpoint.
+
+Under torchrun (``rank`` of ``world`` processes, :mod:`ddpm.engine.distributed`) each process trains on its
+slice of every global batch with DistributedDataParallel; rank 0 alone keeps the EMA and writes logs,
+samples and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import enum
+import hashlib
 import math
 import signal
 import time
@@ -19,13 +25,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ddpm.config import TrainConfig
 from ddpm.engine import checkpoint as ckpt
+from ddpm.engine import distributed
 from ddpm.engine.ema import EMA
 from ddpm.progress import progress_bar
-
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -59,6 +65,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def derived_seed(*parts: str | int) -> int:
+    """A 63-bit seed that is a function of ``parts`` (a purpose, the seed, a step, …) and nothing else."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -101,6 +112,50 @@ class BatchOrder:
         return {"epoch": self.epoch, "position": self.position}
 
 
+@dataclass
+class BatchDraws:
+    """The random numbers of one micro-batch, drawn for the whole global batch, of which ``rank`` keeps its
+    rows (the rows ``BatchOrder`` gave it).
+
+    Every process seeds the same ``generator`` the same way, so a sample's noise depends on its place in the
+    global batch alone: ``world`` processes with batch b draw exactly what one process with batch world·b
+    draws. Shapes are per process (``(b, …)``); the cost is drawing world × the numbers, small beside the
+    network.
+    """
+
+    generator: torch.Generator
+    rank: int = 0
+    world: int = 1
+
+    def _mine(self, draw: Callable[..., torch.Tensor], shape: tuple[int, ...], **kwargs) -> torch.Tensor:
+        b = shape[0]
+        full = draw(
+            (b * self.world, *shape[1:]), generator=self.generator, device=self.generator.device, **kwargs
+        )
+        return full[self.rank * b : (self.rank + 1) * b]
+
+    def randn(self, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self._mine(torch.randn, tuple(shape), dtype=dtype)
+
+    def rand(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._mine(torch.rand, tuple(shape))
+
+    def randint(self, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._mine(lambda size, **kw: torch.randint(high, size, **kw), tuple(shape))
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, BatchDraws], torch.Tensor]
+
+
+class Stop(enum.IntEnum):
+    """Why training stops before ``max_steps``; the ranks take the largest any of them reports."""
+
+    NO = 0
+    TIME = 1  # the max_minutes budget
+    SIGNAL = 2  # Ctrl-C or SIGTERM
+    ERROR = 3  # an error in rank-local work (logging, checkpoint, samples)
+
+
 class Trainer:
     """Trains ``model`` on ``(x, y)`` with ``loss_fn``, writing everything under ``run_dir``."""
 
@@ -124,21 +179,22 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(seed)  # dropout and other global draws
         self.memory_format = (
             torch.channels_last if cfg.channels_last and x.ndim == 4 else torch.contiguous_format
         )
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup)
+        self.net: nn.Module = self.model  # what the loss calls: the model, or its DDP wrapper (fit)
+        self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if rank == 0 else None
         self.optimizer = make_optimizer(self.model, cfg)
         self.loss_fn, self.on_sample = loss_fn, on_sample
         self.x = x.to(self.device)
         self.y = None if y is None else y.to(self.device)
         self.order = BatchOrder(len(x), cfg.batch_size, seed, rank, world)
-        self.generator = torch.Generator(self.device).manual_seed(seed * 7919 + rank)
+        self.generator = torch.Generator(self.device)  # re-seeded for every micro-batch (train_step)
         self.step, self.train_seconds, self.images_seen = 0, 0.0, 0
         self.metrics_path = self.run_dir / "metrics.csv"
         self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if rank == 0 else None
+        self._signalled = False
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -148,10 +204,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     def save(self) -> Path:
+        """Write a checkpoint of this process's state (rank 0's job: the ranks hold the same weights)."""
         opt_tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer)
-        rng = {"rng.engine": self.generator.get_state(), "rng.global": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
             "step": self.step,
             "order": self.order.state(),
@@ -161,31 +215,39 @@ class Trainer:
             "optimizer": opt_meta,
         }
         tensors = {
-            "model": self.model.state_dict(),
+            "model": self.model.state_dict(),  # the bare module's names: no DDP "module." prefix
             "ema": self.ema.model.state_dict(),
-            "optimizer": {**{f"optim.{k}": v for k, v in opt_tensors.items()}, **rng},
+            "optimizer": {f"optim.{k}": v for k, v in opt_tensors.items()},
         }
         return ckpt.save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.cfg.keep_checkpoints)
 
     def resume(self, path: Path) -> None:
-        """Restore model, EMA, optimiser, RNG states and data position from a checkpoint folder."""
+        """Restore model, EMA, optimiser and data position from a checkpoint folder.
+
+        Every rank loads the same checkpoint. One written by another number of processes resumes too: the
+        step, the learning-rate schedule and the position in the epoch's global order carry over, and the
+        global batch becomes ``batch_size × world × grad_accum`` of this job from here on.
+        """
         state = ckpt.load_state(path)
         load_into(
             self.model, ckpt.load_tensors(path / "model.safetensors", self.device), path / "model.safetensors"
         )
-        load_into(
-            self.ema.model, ckpt.load_tensors(path / "ema.safetensors", self.device), path / "ema.safetensors"
-        )
+        if self.ema is not None:
+            ema_path = path / "ema.safetensors"
+            load_into(self.ema.model, ckpt.load_tensors(ema_path, self.device), ema_path)
         extra = ckpt.load_tensors(path / "optimizer.safetensors")
         opt = {k[len("optim.") :]: v.to(self.device) for k, v in extra.items() if k.startswith("optim.")}
         ckpt.optimizer_from_tensors(self.optimizer, opt, state["optimizer"])
-        self.generator.set_state(extra["rng.engine"])
-        torch.set_rng_state(extra["rng.global"])
-        if "rng.cuda" in extra and self.device.type == "cuda":
-            torch.cuda.set_rng_state(extra["rng.cuda"], self.device)
         self.step, self.train_seconds = state["step"], state["train_seconds"]
         self.images_seen = state.get("images_seen", 0)
         self.order.epoch, self.order.position = state["order"]["epoch"], state["order"]["position"]
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.world:
+            global_batch = self.cfg.batch_size * self.world * self.cfg.grad_accum
+            self.log(
+                f"{path.name} was written by {saved_world} process(es), this job has {self.world}: "
+                f"the global batch is {global_batch} from step {self.step} on"
+            )
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -204,24 +266,36 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------
 
     def train_step(self) -> torch.Tensor:
-        """One optimiser step over ``grad_accum`` micro-batches; returns the mean loss (a tensor)."""
+        """One optimiser step over ``grad_accum`` micro-batches; returns this process's mean loss (a tensor).
+
+        Micro-batch i of step s draws its timesteps and noise from a generator seeded by (seed, s, i), the
+        same on every rank (:class:`BatchDraws`); the global RNG (dropout) is seeded by (seed, s, rank), so
+        that the ranks drop different units. Under DDP the gradients are averaged over the ranks once, in
+        the backward pass of the last micro-batch.
+        """
         cfg = self.cfg
+        torch.manual_seed(derived_seed("dropout", self.seed, self.step, self.rank))
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg)
         total = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum):
+        for i in range(cfg.grad_accum):
             idx = self.order.next().to(self.device)
             x = self.x[idx].contiguous(memory_format=self.memory_format)
             y = None if self.y is None else self.y[idx]
-            with self._autocast():
-                loss = self.loss_fn(self.model, x, y, self.generator).mean()
-            (loss / cfg.grad_accum).backward()
+            self.generator.manual_seed(derived_seed("noise", self.seed, self.step, i))
+            draws = BatchDraws(self.generator, self.rank, self.world)
+            last = i == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync():
+                with self._autocast():
+                    loss = self.loss_fn(self.net, x, y, draws).mean()
+                (loss / cfg.grad_accum).backward()
             total += loss.detach() / cfg.grad_accum
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.model, self.step)
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
         self.step += 1
         self.images_seen += cfg.batch_size * cfg.grad_accum * self.world
         return total
@@ -240,76 +314,109 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def fit(self) -> dict:
-        """Train until ``max_steps`` or the ``max_minutes`` budget; checkpoint on the way and at the end."""
-        cfg = self.cfg
-        start = time.monotonic()
-        last_ckpt = start
-        interrupted = False
-        bar = progress_bar(
-            total=cfg.max_steps,
-            initial=self.step,
-            disable=self.rank != 0,
-            desc="train",
+    @contextlib.contextmanager
+    def _signals_stop_training(self):
+        """While training, Ctrl-C and SIGTERM ask to stop after the current step (with a checkpoint, once the
+        ranks agree: :meth:`_stop_reason`); a second one stops at once."""
+
+        def on_signal(signum, frame):
+            if self._signalled:
+                raise KeyboardInterrupt
+            self._signalled = True
+
+        self._signalled = False
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        with contextlib.suppress(ValueError):  # not the main thread: leave the handlers as they are
+            for s in previous:
+                signal.signal(s, on_signal)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    def _stop_reason(self, start: float, error: Exception | None) -> Stop:
+        """Whether to stop before the next step, agreed by all ranks (one small all-reduce under DDP)."""
+        budget = self.cfg.max_minutes
+        out_of_time = budget is not None and time.monotonic() - start >= budget * 60
+        mine = (
+            Stop.ERROR if error else Stop.SIGNAL if self._signalled else Stop.TIME if out_of_time else Stop.NO
         )
+        return Stop(distributed.max_over_ranks(mine))
+
+    def _log(self, bar, loss: torch.Tensor, steps: int, seconds: float) -> None:
+        """Log the mean loss of the last ``steps`` steps over all ranks (the global batch's loss)."""
+        cfg = self.cfg
+        loss = distributed.mean_over_ranks(loss).item()
+        ips = steps * cfg.batch_size * cfg.grad_accum * self.world / seconds
+        if not math.isfinite(loss):  # the same global value on every rank: all stop together
+            raise FloatingPointError(f"the loss became {loss} at step {self.step}; stopping")
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
+        self._log_row(
+            {
+                "step": self.step,
+                "loss": f"{loss:.6f}",
+                "lr": f"{lr_at(self.step - 1, cfg):.3e}",
+                "images_per_s": f"{ips:.1f}",
+                "train_seconds": f"{self.train_seconds:.1f}",
+            }
+        )
+
+    def fit(self) -> dict:
+        """Train until ``max_steps`` or the ``max_minutes`` budget; checkpoint on the way and at the end.
+
+        Under DDP the ranks decide together, before every step, whether to stop, so that none is left
+        waiting in a collective: a rank out of time, signalled or failed stops them all at the same step.
+        """
+        cfg = self.cfg
+        if self.world > 1 and self.net is self.model:
+            self.net = DistributedDataParallel(self.model)  # also checks every rank holds the same shapes
+        start = last_ckpt = time.monotonic()
+        bar = progress_bar(total=cfg.max_steps, initial=self.step, disable=self.rank != 0, desc="train")
         self.model.train()
         window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, time.perf_counter()
-        previous = signal.getsignal(signal.SIGTERM)
-        with contextlib.suppress(ValueError):  # not the main thread: leave SIGTERM as it is
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            while self.step < cfg.max_steps:
-                if cfg.max_minutes is not None and time.monotonic() - start >= cfg.max_minutes * 60:
-                    break
-                t0 = time.perf_counter()
-                window_loss += self.train_step()
-                window_steps += 1
-                self.train_seconds += time.perf_counter() - t0
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    elapsed = time.perf_counter() - window_t
-                    loss = (window_loss / window_steps).item()
-                    ips = window_steps * cfg.batch_size * cfg.grad_accum * self.world / elapsed
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"the loss became {loss} at step {self.step}; stopping")
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
-                    self._log_row(
-                        {
-                            "step": self.step,
-                            "loss": f"{loss:.6f}",
-                            "lr": f"{lr_at(self.step - 1, cfg):.3e}",
-                            "images_per_s": f"{ips:.1f}",
-                            "train_seconds": f"{self.train_seconds:.1f}",
-                        }
-                    )
-                    window_loss, window_steps, window_t = (
-                        torch.zeros((), device=self.device),
-                        0,
-                        time.perf_counter(),
-                    )
-                due = self.step % cfg.checkpoint_every == 0
-                if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                    if self.rank == 0:
-                        self.save()
-                    last_ckpt = time.monotonic()
-                if (
-                    cfg.sample_every
-                    and self.step % cfg.sample_every == 0
-                    and self.on_sample
-                    and self.rank == 0
-                ):
-                    self.on_sample(self.ema.model, self.step)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            bar.close()
-            if self.tensorboard is not None:
-                self.tensorboard.flush()
-            with contextlib.suppress(ValueError):
-                signal.signal(signal.SIGTERM, previous)
-        if self.rank == 0:
-            self.save()
-        if interrupted:
+        error: Exception | None = None
+        with self._signals_stop_training():
+            try:
+                while True:
+                    reason = self._stop_reason(start, error)
+                    if reason or self.step >= cfg.max_steps:
+                        break
+                    t0 = time.perf_counter()
+                    window_loss += self.train_step()
+                    window_steps += 1
+                    self.train_seconds += time.perf_counter() - t0
+                    bar.update(1)
+                    try:
+                        if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                            self._log(
+                                bar, window_loss / window_steps, window_steps, time.perf_counter() - window_t
+                            )
+                            window_loss, window_steps = torch.zeros((), device=self.device), 0
+                            window_t = time.perf_counter()
+                        due = self.step % cfg.checkpoint_every == 0
+                        if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                            last_ckpt = time.monotonic()
+                            if self.rank == 0:
+                                self.save()
+                        if cfg.sample_every and self.step % cfg.sample_every == 0 and self.on_sample:
+                            if self.rank == 0:
+                                self.on_sample(self.ema.model, self.step)
+                    except Exception as e:  # a full disk on rank 0, say: raised once all ranks agree to stop
+                        error = e
+            except KeyboardInterrupt:  # raised mid-step (a second signal): the ranks can no longer agree
+                if self.world > 1:
+                    raise
+                reason = Stop.SIGNAL
+            finally:
+                bar.close()
+                if self.tensorboard is not None:
+                    self.tensorboard.flush()
+        if reason == Stop.ERROR:
+            distributed.raise_any(error)  # this rank's error, or the failed rank's message
+        distributed.from_rank_zero(self.save)  # every rank returns once the checkpoint is on disk
+        if reason == Stop.SIGNAL:
             raise KeyboardInterrupt
         return {"step": self.step, "train_seconds": self.train_seconds, "images_seen": self.images_seen}
 
@@ -330,10 +437,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
     except (RuntimeError, TypeError):  # older torch: fused AdamW is CUDA-only
         return torch.optim.AdamW(model.parameters(), **kwargs)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
