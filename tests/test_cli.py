@@ -58,6 +58,7 @@ def test_info_json(tiny_run, capsys):
         (["train", "spiral", "--out", "{tmp}/r", "--max-steps", "-3"], "max_steps must be non-negative"),
         (["train", "spiral", "--out", "{tmp}/r", "--set", "train.nope=1"], "unknown key"),
         (["train", "spiral", "--out", "{tmp}/file.txt"], "is a file"),
+        (["train", "spiral", "--out", "{tmp}/file.txt/run"], "cannot write there (Not a directory)"),
         (
             ["train", "spiral", "--out", "{tmp}/r", "--set", "model.kwargs.widht=3"],
             "unexpected keyword argument",
@@ -75,10 +76,37 @@ def test_refusals_are_one_line(tmp_path, capsys, argv, message):
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_label_on_unconditional_model_is_refused(tiny_run, tmp_path, capsys):
-    assert main(["sample", str(tiny_run), "--out", str(tmp_path / "x.png"), "--label", "3"]) == 2
-    assert "unconditional" in capsys.readouterr().err
-    assert not (tmp_path / "x.png").exists()
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    """A tiny class-conditional run: the MLP on shapes3 (3 classes)."""
+    out = tmp_path_factory.mktemp("cli") / "cond"
+    assert main(["train", "shapes3-cond", "--out", str(out), "--max-steps", "2", *SETS]) == 0
+    return out
+
+
+@pytest.mark.parametrize(
+    "conditional, flags, message",
+    [
+        (False, ["--label", "3"], "--label 3: the run has an unconditional model"),
+        (False, ["--guidance", "3"], "guidance needs a class-conditional model"),
+        (True, ["--label", "3"], "--label 3: the run has labels 0…2"),
+        (True, ["--label", "-1"], "--label -1: the run has labels 0…2"),
+        (True, ["--guidance", "3"], "guidance needs a class-conditional model and labels"),
+        (False, ["--steps", "0"], "sample.steps must lie in 1…T (20)"),
+        (False, ["--out", "{tmp}/missing/x.png"], "missing is not a folder"),
+        (False, ["--out", "{tmp}/file.txt/x.png"], "file.txt is not a folder"),
+    ],
+)
+def test_sample_refusals(request, tmp_path, capsys, conditional, flags, message):
+    """Labels and guidance the run cannot take, and --out where no file can go: one line, nothing written."""
+    run_dir = request.getfixturevalue("conditional_run" if conditional else "tiny_run")
+    (tmp_path / "file.txt").write_text("keep me")
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    capsys.readouterr()
+    assert main(["sample", str(run_dir), "--out", str(tmp_path / "x.png"), "--n", "4", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
 def test_python_dash_m_works():

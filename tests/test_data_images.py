@@ -253,6 +253,29 @@ def test_missing_file_refused_without_fetch(tiny):
         images.load("mnist", "valid", root=tiny.root)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbled header", "one byte changed"])
+def test_training_on_a_damaged_idx_file_is_refused(tiny, tmp_path, capsys, damage):
+    """``ddpm train`` on a damaged cache with no good copy anywhere: the file is named, the run refused in
+    one error line (exit 2), and the damaged file left for the user to see; no run is started."""
+    from ddpm.cli import main
+
+    images.fetch("mnist", root=tiny.root, source_dir=tiny.source, progress=False)
+    bad = tiny.root / "mnist" / images.TRAIN_IMAGES
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:-100])
+    else:
+        _flip_byte(bad, offset=0 if damage == "garbled header" else 100)
+    before = bad.read_bytes()
+    capsys.readouterr()
+    assert (
+        main(["train", "mnist-tiny", "--out", str(tmp_path / "run"), "--set", f"data.root={tiny.root}"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == f"ddpm: {bad} failed its SHA-256 check (corrupted or truncated); re-fetching"
+    assert len(err) == 2 and err[1].startswith(f"ddpm: error: could not fetch mnist file(s) {bad.name} into")
+    assert bad.read_bytes() == before and not (tmp_path / "run" / "config.json").exists()
+
+
 def test_bad_source_copy_is_never_placed(tiny, capsys):
     _flip_byte(tiny.source / images.TEST_LABELS, offset=9)
     with pytest.raises(images.DatasetError) as err:
@@ -430,7 +453,9 @@ def test_subfolders_are_classes(tmp_path):
     assert images_.shape == (4, 3, 4, 4)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n garbage", "truncated"])
+@pytest.mark.parametrize(
+    "content", [b"", b"\x89PNG\r\n\x1a\n garbage", b"plain text, not a picture\n", "truncated"]
+)
 def test_broken_file_names_the_file(tmp_path, content):
     _save(tmp_path / "good.png", (8, 8), (1, 2, 3))
     bad = tmp_path / "bad.png"

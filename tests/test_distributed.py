@@ -136,18 +136,19 @@ def test_a_failed_checkpoint_write_on_rank_zero_stops_every_rank(tmp_path):
         tmp_path / "run", entry="tests.test_distributed", env={"DDPM_TEST_FAIL_SAVE": "10"}
     )
     assert proc.returncode != 0 and seconds < 60
-    assert "ddpm: error: [Errno 28] No space left on device" in proc.stderr, proc.stderr[-3000:]
-    assert "ddpm: error: rank 0 failed: [Errno 28] No space left on device" in proc.stderr
+    message = f"could not write checkpoint {tmp_path}/run/checkpoints/step-00000010: No space left on device"
+    assert f"ddpm: error: {message}; there is no earlier checkpoint" in proc.stderr, proc.stderr[-3000:]
+    assert f"ddpm: error: rank 0 failed: {message}" in proc.stderr
     assert ckpt.latest_checkpoint(tmp_path / "run") is None
 
 
 def _worker() -> int:
     """One process of a test's torchrun job: ``ddpm``'s CLI with the hooks the environment asks for."""
     rank = int(os.environ["RANK"])
-    fit, train_step, save = Trainer.fit, Trainer.train_step, Trainer.save
+    fit, train_step, write = Trainer.fit, Trainer.train_step, ckpt.write_synced
     dump = os.environ.get("DDPM_TEST_DUMP")
     sigterm = os.environ.get("DDPM_TEST_SIGTERM")  # "rank:step"
-    fail_save = os.environ.get("DDPM_TEST_FAIL_SAVE")  # rank 0's checkpoint at this step fails
+    fail_save = os.environ.get("DDPM_TEST_FAIL_SAVE")  # rank 0's checkpoint of this step: a full disk
 
     def dumping_fit(self):
         summary = fit(self)
@@ -162,17 +163,17 @@ def _worker() -> int:
             os.kill(os.getpid(), signal.SIGTERM)
         return loss
 
-    def failing_save(self):
-        if self.step == int(fail_save):
+    def failing_write(path, data):
+        if path.parent.name.startswith(f".tmp-step-{int(fail_save):08d}"):
             raise OSError(28, "No space left on device")
-        return save(self)
+        write(path, data)
 
     if dump:
         Trainer.fit = dumping_fit
     if sigterm:
         Trainer.train_step = signalled_train_step
     if fail_save:
-        Trainer.save = failing_save
+        ckpt.write_synced = failing_write
     return main(sys.argv[1:])
 
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -28,6 +30,14 @@ def test_checkpoint_round_trip_and_hash(tmp_path):
     back = ckpt.load_tensors(path / "model.safetensors")
     assert torch.equal(back["w"], tensors["model"]["w"]) and torch.equal(back["b"], tensors["model"]["b"])
     assert ckpt.load_state(path) == {"step": 7}
+    assert sorted(p.name for p in path.iterdir()) == [
+        "SHA256SUMS",
+        "ema.safetensors",
+        "model.safetensors",
+        "state.json",
+    ]
+    if shutil.which("sha256sum"):  # the checksums are in sha256sum's own format
+        subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=path, check=True)
     assert ckpt.tensors_sha256(back) == ckpt.tensors_sha256(tensors["model"])
     changed = dict(back, w=back["w"].clone())
     changed["w"][0, 0] += 1e-6

@@ -67,6 +67,8 @@ def cmd_sample(args) -> int:
     for path in filter(None, (out, gif)):
         if path.is_dir():
             raise run.RunError(f"{path}: is a folder, expected a file name")
+        if not path.parent.is_dir():  # found now, not after minutes of sampling
+            raise run.RunError(f"{path}: {path.parent} is not a folder")
     frames = []
     n_frames = 60
     T = loaded.schedule.T

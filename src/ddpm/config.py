@@ -106,8 +106,10 @@ class Config:
     @classmethod
     def load(cls, path: Path) -> Config:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
+            return cls.from_dict(json.loads(Path(path).read_bytes()))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        except (ValueError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError (a binary file)
             raise ConfigError(f"{path}: not a valid config file ({e})") from None
 
 

@@ -154,8 +154,6 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
             torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
             model = make_model(cfg)
             log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
-            if group.rank == 0:
-                cfg.save(out / CONFIG_FILE)  # only once data and model are known to fit together
 
             def on_sample(ema_model: nn.Module, step: int) -> None:
                 _save_samples(out, data, sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0), step)
@@ -167,6 +165,8 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
             if latest is not None:
                 trainer.resume(latest)
                 log(f"resumed from {latest.name} (step {trainer.step})")
+            if group.rank == 0:  # only once data, model and checkpoint are known to fit together
+                cfg.save(out / CONFIG_FILE)
             return data, schedule, trainer
 
         data, schedule, trainer = distributed.on_every_rank(setup)

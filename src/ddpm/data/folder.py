@@ -9,6 +9,7 @@ macOS ``._x.png`` files). Every matching file must decode: nothing is skipped si
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,11 +112,14 @@ def _images_in(folder: Path, extensions: tuple[str, ...], recursive: bool) -> li
 def _load_image(file: Path, size: int, mode: str) -> np.ndarray:
     """Decode, orient, flatten transparency, convert, center-crop and resize one image."""
     try:
-        with Image.open(file) as image:
-            _check_pixels(file, image.size)
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            image = _on_white(image).convert(mode)
+        with warnings.catch_warnings():
+            # Our limit (MAX_PIXELS) decides, in one line; Pillow's warning below it would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                _check_pixels(file, image.size)
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                image = _on_white(image).convert(mode)
     except FolderError:
         raise
     except Image.DecompressionBombError as exc:

@@ -1,9 +1,11 @@
-"""Checkpoints: safetensors for tensors, a small JSON for the rest, written atomically.
+"""Checkpoints: safetensors for tensors, a small JSON for the rest, written atomically and checksummed.
 
 A checkpoint is a folder ``checkpoints/step-00000500/`` holding ``model.safetensors``, ``ema.safetensors``,
-``optimizer.safetensors`` (the optimiser moments) and ``state.json``. It is written under a
-temporary name, every file fsynced, then renamed into place in one step, so a crash at any moment leaves
-either the complete new checkpoint or none. Loading reads tensors and JSON only: no pickle, ever.
+``optimizer.safetensors`` (the optimiser moments), ``state.json`` and ``SHA256SUMS`` (the others' SHA-256,
+in the format of ``sha256sum -c``). It is written under a temporary name, every file fsynced, then renamed
+into place in one step, so a crash at any moment leaves either the complete new checkpoint or none; a write
+that fails (full disk, read-only folder) leaves the earlier checkpoints as they were and says so. Loading
+checks each file against ``SHA256SUMS`` and reads tensors and JSON only: no pickle, ever.
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ import os
 import shutil
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+from ddpm.fileio import write_synced
 
 PREFIX = "step-"
+SUMS = "SHA256SUMS"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line naming it."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the message is one line saying which checkpoint is kept."""
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -47,6 +56,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def kept(run_dir: Path, which: str = "previous") -> str:
+    """The end of a message about a failure: the checkpoint that is still there to resume from."""
+    latest = latest_checkpoint(run_dir)
+    return f"the {which} checkpoint {latest.name} is kept" if latest else "there is no earlier checkpoint"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -56,33 +71,47 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
 def save_checkpoint(
     run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2
 ) -> Path:
-    """Write ``{name}.safetensors`` per entry of ``tensors`` and ``state.json``; keep the last ``keep``."""
+    """Write ``{name}.safetensors`` per entry of ``tensors``, ``state.json`` and ``SHA256SUMS``; keep the last
+    ``keep`` checkpoints.
+
+    Raises:
+        CheckpointWriteError: the write failed (full disk, read-only folder); its partial files are
+            removed and the earlier checkpoints are untouched.
+    """
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     if final.exists():
         return final
-    for stale in root.glob(".tmp-*"):  # left by a process killed mid-write: never a valid checkpoint
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    files = {
+        f"{name}.safetensors": safetensors.torch.save(_contiguous(group)) for name, group in tensors.items()
+    }
+    files["state.json"] = json.dumps(state, indent=1).encode()
+    files[SUMS] = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items()
+    ).encode()
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a process killed mid-write: never a valid checkpoint
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        for name, group in tensors.items():
-            save_file(_contiguous(group), tmp / f"{name}.safetensors")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for name, data in files.items():
+            write_synced(tmp / name, data)
         _fsync_dir(tmp)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final}: {e.strerror or e}; {kept(run_dir)}"
+        ) from e
+    except BaseException:  # Ctrl-C mid-write
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -90,21 +119,59 @@ def save_checkpoint(
     return final
 
 
-def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read one safetensors file, with a one-line error for a missing, truncated or corrupted file."""
+def _read(path: Path) -> bytes:
+    """The bytes of one checkpoint file, checked against its folder's ``SHA256SUMS``."""
     try:
-        return load_file(str(path), device=str(device))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing from the checkpoint") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint file (truncated or corrupted?): {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
+    expected = _sums(path.parent).get(path.name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{path}: failed its SHA-256 check (truncated or corrupted)")
+    return data
+
+
+def _sums(folder: Path) -> dict[str, str]:
+    """File name → SHA-256 from ``SHA256SUMS``; empty for checkpoints written before it existed."""
+    path = folder / SUMS
+    if not path.exists():
+        return {}
+    try:
+        return {
+            name: digest for digest, name in (line.split("  ", 1) for line in path.read_text().splitlines())
+        }
+    except (OSError, ValueError):  # ValueError: undecodable bytes or a line without two fields
+        raise CheckpointError(f"{path}: unreadable (truncated or corrupted?)") from None
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read one safetensors file, with a one-line error for a missing, truncated or corrupted file (or any
+    other file under that name: it is parsed as safetensors, never unpickled)."""
+    path = Path(path)
+    data = _read(path)
+    try:
+        tensors = safetensors.torch.load(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as e:
+        reason = " ".join(str(e).split())
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file (truncated or corrupted?): {reason}"
+        ) from None
+    return {k: v.to(device) for k, v in tensors.items()}
 
 
 def load_state(ckpt: Path) -> dict:
+    """A checkpoint's ``state.json``, with a one-line error for a missing, corrupted or foreign file."""
+    path = Path(ckpt) / "state.json"
+    data = _read(path)
     try:
-        return json.loads((Path(ckpt) / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt}/state.json: unreadable ({e})") from None
+        state = json.loads(data)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: not a checkpoint's state (no step)")
+    return state
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -137,6 +204,11 @@ def optimizer_from_tensors(
     for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = flat.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, entry in state.items():  # fused AdamW would fail mid-step on moments of another shape
+        shapes = {tuple(v.shape) for v in entry.values() if isinstance(v, torch.Tensor) and v.ndim}
+        if idx >= len(params) or shapes - {tuple(params[idx].shape)}:
+            raise ValueError(f"the optimiser state of parameter {idx} does not fit the model")
     groups = meta["param_groups"]
     for g in groups:
         if "betas" in g:

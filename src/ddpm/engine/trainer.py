@@ -156,6 +156,10 @@ class Stop(enum.IntEnum):
     ERROR = 3  # an error in rank-local work (logging, checkpoint, samples)
 
 
+class Diverged(FloatingPointError):
+    """Training produced a non-finite loss or weights; the message names the step and the checkpoint kept."""
+
+
 class Trainer:
     """Trains ``model`` on ``(x, y)`` with ``loss_fn``, writing everything under ``run_dir``."""
 
@@ -193,7 +197,7 @@ class Trainer:
         self.generator = torch.Generator(self.device)  # re-seeded for every micro-batch (train_step)
         self.step, self.train_seconds, self.images_seen = 0, 0.0, 0
         self.metrics_path = self.run_dir / "metrics.csv"
-        self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if rank == 0 else None
+        self.tensorboard = None  # opened by fit: a run that fails to resume leaves its folder as it was
         self._signalled = False
 
     # --- state -------------------------------------------------------------------------------------------
@@ -204,7 +208,13 @@ class Trainer:
         return contextlib.nullcontext()
 
     def save(self) -> Path:
-        """Write a checkpoint of this process's state (rank 0's job: the ranks hold the same weights)."""
+        """Write a checkpoint of this process's state (rank 0's job: the ranks hold the same weights).
+
+        Weights that are no longer finite are never written: the loss diverged since the last log line,
+        and the last good checkpoint is what a user will want to resume from.
+        """
+        if not (finite(self.model) and finite(self.ema.model)):
+            raise self._diverged(f"the weights are no longer finite at step {self.step} (the loss diverged)")
         opt_tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer)
         state = {
             "step": self.step,
@@ -237,10 +247,15 @@ class Trainer:
             load_into(self.ema.model, ckpt.load_tensors(ema_path, self.device), ema_path)
         extra = ckpt.load_tensors(path / "optimizer.safetensors")
         opt = {k[len("optim.") :]: v.to(self.device) for k, v in extra.items() if k.startswith("optim.")}
-        ckpt.optimizer_from_tensors(self.optimizer, opt, state["optimizer"])
-        self.step, self.train_seconds = state["step"], state["train_seconds"]
-        self.images_seen = state.get("images_seen", 0)
-        self.order.epoch, self.order.position = state["order"]["epoch"], state["order"]["position"]
+        try:
+            ckpt.optimizer_from_tensors(self.optimizer, opt, state["optimizer"])
+            self.step, self.train_seconds = state["step"], state["train_seconds"]
+            self.images_seen = state.get("images_seen", 0)
+            self.order.epoch, self.order.position = state["order"]["epoch"], state["order"]["position"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"{path}: its optimiser or state does not fit this run ({e})"
+            ) from None
         saved_world = state.get("world_size", 1)
         if saved_world != self.world:
             global_batch = self.cfg.batch_size * self.world * self.cfg.grad_accum
@@ -345,13 +360,29 @@ class Trainer:
         )
         return Stop(distributed.max_over_ranks(mine))
 
-    def _log(self, bar, loss: torch.Tensor, steps: int, seconds: float) -> None:
-        """Log the mean loss of the last ``steps`` steps over all ranks (the global batch's loss)."""
+    def _diverged(self, what: str) -> Diverged:
+        """The error that stops a diverged run: what happened, the checkpoint kept, and how to go on."""
+        return Diverged(
+            f"{what}; training stopped and {ckpt.kept(self.run_dir, 'last good')} "
+            "(to go on from it, lower train.lr in the run's config.json and run again)"
+        )
+
+    def _log(self, bar, losses: list[torch.Tensor], seconds: float) -> None:
+        """Log the mean loss of the last ``len(losses)`` steps over all ranks (the global batch's loss).
+
+        The per-step losses stay on the device until now (no synchronisation per step); a non-finite one
+        stops training, naming its step, on every rank at once (they see the same global values).
+        """
         cfg = self.cfg
-        loss = distributed.mean_over_ranks(loss).item()
-        ips = steps * cfg.batch_size * cfg.grad_accum * self.world / seconds
-        if not math.isfinite(loss):  # the same global value on every rank: all stop together
-            raise FloatingPointError(f"the loss became {loss} at step {self.step}; stopping")
+        per_step = distributed.mean_over_ranks(torch.stack(losses)).cpu()
+        bad = (~torch.isfinite(per_step)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise self._diverged(
+                f"the loss became {per_step[i].item()} at step {self.step - len(losses) + i + 1}"
+            )
+        loss = per_step.mean().item()
+        ips = len(losses) * cfg.batch_size * cfg.grad_accum * self.world / seconds
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
         self._log_row(
             {
@@ -372,10 +403,13 @@ class Trainer:
         cfg = self.cfg
         if self.world > 1 and self.net is self.model:
             self.net = DistributedDataParallel(self.model)  # also checks every rank holds the same shapes
+        if self.rank == 0 and self.tensorboard is None:
+            self.tensorboard = _tensorboard(self.run_dir / "tensorboard")
         start = last_ckpt = time.monotonic()
         bar = progress_bar(total=cfg.max_steps, initial=self.step, disable=self.rank != 0, desc="train")
         self.model.train()
-        window_loss, window_steps, window_t = torch.zeros((), device=self.device), 0, time.perf_counter()
+        window: list[torch.Tensor] = []  # the losses of the steps since the last log line
+        window_t = time.perf_counter()
         error: Exception | None = None
         with self._signals_stop_training():
             try:
@@ -384,17 +418,13 @@ class Trainer:
                     if reason or self.step >= cfg.max_steps:
                         break
                     t0 = time.perf_counter()
-                    window_loss += self.train_step()
-                    window_steps += 1
+                    window.append(self.train_step())
                     self.train_seconds += time.perf_counter() - t0
                     bar.update(1)
                     try:
                         if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                            self._log(
-                                bar, window_loss / window_steps, window_steps, time.perf_counter() - window_t
-                            )
-                            window_loss, window_steps = torch.zeros((), device=self.device), 0
-                            window_t = time.perf_counter()
+                            self._log(bar, window, time.perf_counter() - window_t)
+                            window, window_t = [], time.perf_counter()
                         due = self.step % cfg.checkpoint_every == 0
                         if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                             last_ckpt = time.monotonic()
@@ -437,6 +467,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.AdamW(model.parameters(), fused=True, **kwargs)
     except (RuntimeError, TypeError):  # older torch: fused AdamW is CUDA-only
         return torch.optim.AdamW(model.parameters(), **kwargs)
+
+
+def finite(model: nn.Module) -> bool:
+    """Whether every floating-point weight and buffer of ``model`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
