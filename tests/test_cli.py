@@ -1,6 +1,7 @@
 """The command line, end to end on a tiny run: train, resume, sample, info, and one-line refusals."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,20 @@ def test_info_json(tiny_run, capsys):
     assert {"step", "parameters", "weights_sha256", "ema_sha256", "world_size", "config"} <= set(info)
     assert info["world_size"] == 1 and len(info["weights_sha256"]) == 64
     assert info["weights_sha256"] != info["ema_sha256"]
+
+
+def test_info_reports_the_checkpoint_when_metrics_json_is_damaged(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["info", str(run), "--json"]) == 0
+    good = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert good["metrics"] is not None
+    (run / "metrics.json").write_text('{"step": 3')
+    assert main(["info", str(run), "--json"]) == 0
+    captured = capsys.readouterr()
+    info = json.loads(captured.out.strip().splitlines()[-1])
+    assert info["metrics"] is None and info["weights_sha256"] == good["weights_sha256"]
+    assert captured.err.count("\n") == 1 and "metrics.json is not readable JSON" in captured.err
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,21 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _final_metrics(path: Path) -> dict | None:
+    """The run's ``metrics.json``, or None when it is missing or unreadable (said in one line on stderr:
+    the metrics are a report, and a damaged one should not hide the checkpoint's information)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        print(
+            f"ddpm: warning: {path} is not readable JSON ({type(e).__name__}); metrics left out",
+            file=sys.stderr,
+        )
+        return None
+
+
 def cmd_info(args) -> int:
     run_dir = Path(args.run)
     loaded = run.load_run(run_dir, device="cpu")
@@ -117,9 +132,7 @@ def cmd_info(args) -> int:
         "world_size": state.get("world_size", 1),
         "train_seconds": state.get("train_seconds"),
         "checkpoint": latest.name,
-        "metrics": json.loads((run_dir / "metrics.json").read_text())
-        if (run_dir / "metrics.json").exists()
-        else None,
+        "metrics": _final_metrics(run_dir / "metrics.json"),
         "config": loaded.cfg.to_dict(),
     }
     if args.json:
