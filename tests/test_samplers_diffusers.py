@@ -235,6 +235,26 @@ def test_dynamic_threshold_matches_diffusers():
 # --- DPM-Solver++(2M) ---------------------------------------------------------------------------------
 
 
+def dpm_solver(schedule, timesteps, algorithm_type: str, prediction: str, **options):
+    """diffusers' second-order DPM-Solver over our exact steps (``set_timesteps(timesteps=...)``), ending at
+    σ = 0 (final_sigmas_type="zero"), with its float32 σ_t = √((1 − ᾱ_t) / ᾱ_t) replaced by float64 values
+    from our ᾱ, which leaves only its float32 arithmetic."""
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        trained_betas=schedule.betas.numpy(),
+        algorithm_type=algorithm_type,
+        solver_order=2,
+        solver_type="midpoint",
+        prediction_type=PREDICTION_TYPES[prediction],
+        final_sigmas_type="zero",
+        **options,
+    )
+    scheduler.set_timesteps(timesteps=timesteps)
+    alpha_bar = schedule.alpha_bar[timesteps]
+    scheduler.sigmas = torch.cat([((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    return scheduler
+
+
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
 @pytest.mark.parametrize("prediction", list(PREDICTION_TYPES))
 @pytest.mark.parametrize("steps", [10, 25])
@@ -256,21 +276,13 @@ def test_dpmpp_2m_matches_dpm_solver_multistep(schedule_name, prediction, steps,
     ours = dpmpp_2m_sample(denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: seen.append(x))
 
     for lower_order_final, euler_at_final in [(True, False), (False, False), (False, True)]:
-        scheduler = diffusers.DPMSolverMultistepScheduler(
-            num_train_timesteps=T,
-            trained_betas=schedule.betas.numpy(),
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            solver_type="midpoint",
-            prediction_type=PREDICTION_TYPES[prediction],
-            final_sigmas_type="zero",
+        scheduler = dpm_solver(
+            schedule,
+            timesteps,
+            "dpmsolver++",
+            prediction,
             lower_order_final=lower_order_final,
             euler_at_final=euler_at_final,
-        )
-        scheduler.set_timesteps(timesteps=timesteps)
-        alpha_bar = schedule.alpha_bar[timesteps]
-        scheduler.sigmas = torch.cat(
-            [((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1, dtype=torch.float64)]
         )
         x = x_T.float()
         for i, t in enumerate(scheduler.timesteps):
@@ -319,18 +331,7 @@ def test_dpmpp_2m_sde_matches_sde_dpm_solver_multistep(schedule_name, prediction
     noises = [torch.randn(x_T.shape, generator=g, dtype=x_T.dtype) for _ in timesteps[1:]]
     noises.append(torch.zeros_like(x_T))
 
-    scheduler = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=T,
-        trained_betas=schedule.betas.numpy(),
-        algorithm_type="sde-dpmsolver++",
-        solver_order=2,
-        solver_type="midpoint",
-        prediction_type=PREDICTION_TYPES[prediction],
-        final_sigmas_type="zero",
-    )
-    scheduler.set_timesteps(timesteps=timesteps)
-    alpha_bar = schedule.alpha_bar[timesteps]
-    scheduler.sigmas = torch.cat([((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1, dtype=torch.float64)])
+    scheduler = dpm_solver(schedule, timesteps, "sde-dpmsolver++", prediction)
     x = x_T.float()
     for i, t in enumerate(scheduler.timesteps):
         x = scheduler.step(model_at(x, int(t)), t, x, variance_noise=noises[i].float()).prev_sample

@@ -164,6 +164,16 @@ def _lambda(schedule: Schedule, t: int) -> float:
     return math.inf if t < 0 else 0.5 * float(schedule.log_snr[t])
 
 
+def _multistep_x0(x0: torch.Tensor, x0_prev: torch.Tensor | None, h: float, h_prev: float | None):
+    """The data prediction D of DPM-Solver++(2M)'s step (Lu et al. 2022, Alg. 2): x̂_0(t) on the first step,
+    then D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(t_prev) with r = h_prev / h, a linear extrapolation in λ of the
+    two latest predictions. r = ∞ (so D = x̂_0) after a first step from λ = −∞ (zero terminal SNR)."""
+    if x0_prev is None:
+        return x0
+    r = h_prev / h
+    return (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+
+
 # --- The samplers ---------------------------------------------------------------------------------------
 
 
@@ -296,11 +306,7 @@ def dpmpp_2m_sample(
             x = x0  # first order into σ_s = 0: (σ_s / σ_t) x_t → 0 and −α_s (e^(−h) − 1) → 1
         else:
             h = _lambda(schedule, s) - _lambda(schedule, t)
-            if x0_prev is None:
-                D = x0  # DPM-Solver++1
-            else:
-                r = h_prev / h  # = ∞ (so D = x̂_0) after a first step from λ = −∞ (zero terminal SNR)
-                D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+            D = _multistep_x0(x0, x0_prev, h, h_prev)
             ab_t, ab_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
             sigma_ratio = ((1 - ab_s) / (1 - ab_t)) ** 0.5  # σ_s / σ_t
             x = sigma_ratio * x - ab_s**0.5 * math.expm1(-h) * D
@@ -349,11 +355,7 @@ def dpmpp_2m_sde_sample(
             x = x0
         else:
             h = _lambda(schedule, s) - _lambda(schedule, t)
-            if x0_prev is None:
-                D = x0
-            else:
-                r = h_prev / h
-                D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+            D = _multistep_x0(x0, x0_prev, h, h_prev)
             ab_t, ab_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
             one_minus = -math.expm1(-2 * h)  # 1 − e^(−2h)
             x_coef = ((1 - ab_s) / (1 - ab_t)) ** 0.5 * math.exp(-h)  # (σ_s / σ_t) e^(−h)
