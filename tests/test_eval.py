@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddpm.cli import main
@@ -185,3 +186,25 @@ def test_sweep_covers_every_sampler_and_the_full_t_point(runs, capsys):
 def test_sweep_refusals(runs, capsys, argv, message):
     assert main(["sweep", str(runs["uncond"]), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_measure_samples_scores_real_digits_near_the_floor_and_refuses_bad_counts(mnist_lenet):
+    """The measuring half of ``ddpm eval`` (also used for diffusers' model in benchmarks/): real test
+    digits, requested as their own labels, score near the floor with near-perfect precision; shuffled
+    pixels score like noise."""
+    from ddpm.data import images as image_data
+    from ddpm.evaluate import ReferenceSet, measure_samples
+    from ddpm.run import RunError
+
+    reference = ReferenceSet.load("mnist", DATA, progress=False)
+    images, labels = image_data.load("mnist", "test", root=DATA)
+    x = image_data.to_tensor(images[:500])
+    real = measure_samples(x, reference, requested=torch.as_tensor(labels[:500]).long(), progress=False)
+    assert real["fld"] < 3 * real["fld_train_test"] < real["fld_noise_test"]
+    assert real["precision"] > 0.95
+    g = torch.Generator().manual_seed(0)
+    shuffled = x.flatten(1)[:, torch.randperm(28 * 28, generator=g)].view_as(x)
+    assert measure_samples(shuffled, reference, progress=False)["fld"] > 10 * real["fld"]
+    for n, message in [(1, "at least 2"), (len(reference.train_x) + 1, "the floor needs")]:
+        with pytest.raises(RunError, match=message):
+            reference.check(n)

@@ -9,9 +9,11 @@ turn), and on request the standard FID on Inception-v3 features. It is written t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from ddpm.data import IMAGE_SETS
 from ddpm.data import images as image_data
 from ddpm.evaluation import fld as fld_metrics
 from ddpm.evaluation.frechet import frechet_distance, gaussian_statistics
-from ddpm.evaluation.lenet import data_checksum, lenet_features, lenet_predict, load_lenet
+from ddpm.evaluation.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
 from ddpm.fileio import atomic_write_text
 from ddpm.run import RunError, load_run, sample
 from ddpm.samplers import SAMPLERS
@@ -45,6 +47,79 @@ def eval_name(
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Clamp to [−1, 1] and round to 8 bits: we measure the images as they would be saved."""
     return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+
+
+@dataclass
+class ReferenceSet:
+    """What samples of one dataset are measured against: its LeNet, the test images and their LeNet
+    statistics, and the training images (the floor). Load once, measure many sample sets."""
+
+    dataset: str
+    classifier: LeNetResult
+    test_x: torch.Tensor
+    train_x: torch.Tensor
+    progress: bool = True
+
+    @functools.cached_property
+    def test_statistics(self) -> tuple:
+        """The Gaussian (μ, Σ) of the test images' LeNet features, computed on first use."""
+        return gaussian_statistics(lenet_features(self.classifier.model, self.test_x, progress=self.progress))
+
+    @classmethod
+    def load(cls, dataset: str, root=None, progress: bool = True, log=print) -> ReferenceSet:
+        if dataset not in IMAGE_SETS:
+            raise RunError(
+                f"FLD needs a LeNet trained on the run's data; {dataset!r} is not one of {IMAGE_SETS}"
+            )
+        classifier = load_lenet(
+            dataset, root=root, cache_dir=image_data.data_root(root), progress=progress, log=log
+        )
+        test_x = image_data.to_tensor(image_data.load(dataset, "test", root=root)[0])
+        train_x = image_data.to_tensor(image_data.load(dataset, "train", root=root)[0])
+        return cls(dataset, classifier, test_x, train_x, progress)
+
+    def check(self, n: int) -> None:
+        """Refuse sample counts that cannot be measured: a covariance needs two; the floor needs n real
+        training images."""
+        if n < 2:
+            raise RunError("--n must be at least 2 (a covariance needs two samples)")
+        if n > len(self.train_x):
+            raise RunError(
+                f"--n {n}: the floor needs as many training images, and there are {len(self.train_x)}"
+            )
+
+
+def measure_samples(
+    x: torch.Tensor,
+    reference: ReferenceSet,
+    *,
+    requested: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """FLD of the (quantized) samples ``x`` against the test set, with the two references at the same N
+    (the floor: as many real training images; uniform noise), the predicted-class histogram and its
+    entropy, and for class-conditional samples (``requested`` labels) precision and per-class recall."""
+    n = len(x)
+    reference.check(n)
+    model, stats = reference.classifier.model, reference.test_statistics
+    predicted = lenet_predict(model, x)
+    k = len(image_data.dataset_info(reference.dataset).classes)
+    report = {
+        "dataset": reference.dataset,
+        "fld": fld_metrics.fld(lenet_features(model, x, progress=progress), stats),
+        "fld_train_test": fld_metrics.fld(
+            lenet_features(model, fld_metrics.random_subset(reference.train_x, n, seed)), stats
+        ),
+        "fld_noise_test": fld_metrics.fld(
+            lenet_features(model, fld_metrics.uniform_noise_images(n, tuple(x.shape[1:]), seed)), stats
+        ),
+        "class_entropy": fld_metrics.class_entropy(predicted, k),
+        "class_histogram": fld_metrics.class_histogram(predicted, k).tolist(),
+    }
+    if requested is not None:
+        report["precision"], report["recall"] = fld_metrics.precision_recall(requested.numpy(), predicted, k)
+    return report
 
 
 def evaluate_run(
@@ -72,8 +147,6 @@ def evaluate_run(
     if batch_size is None:  # on 2 CPU cores, batches of 100 sampled 1.8x faster than batches of 1000
         batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
     dataset = cfg.data.name
-    if dataset not in IMAGE_SETS:
-        raise RunError(f"FLD needs a LeNet trained on the run's data; {dataset!r} is not one of {IMAGE_SETS}")
     if sampler is not None:
         if sampler not in SAMPLERS:
             raise RunError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -92,20 +165,11 @@ def evaluate_run(
     num_classes = cfg.model.kwargs.get("num_classes")
     if guidance is not None and not num_classes:
         raise RunError("guidance needs a class-conditional run (model.kwargs.num_classes)")
-    if n < 2:
-        raise RunError("--n must be at least 2 (a covariance needs two samples)")
     name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta)
 
-    classifier = load_lenet(
-        dataset, root=cfg.data.root, cache_dir=image_data.data_root(cfg.data.root), progress=progress, log=log
-    )
-    test_u8, _ = image_data.load(dataset, "test", root=cfg.data.root)
-    train_u8, _ = image_data.load(dataset, "train", root=cfg.data.root)
-    test_x, train_x = image_data.to_tensor(test_u8), image_data.to_tensor(train_u8)
-    if n > len(train_x):
-        raise RunError(f"--n {n}: the floor needs as many training images, and there are {len(train_x)}")
-
     requested = torch.arange(n) % num_classes if num_classes else None
+    reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
+    reference.check(n)
     t_sample = time.perf_counter()
     x = sample(
         cfg,
@@ -120,30 +184,10 @@ def evaluate_run(
     )
     sample_seconds = time.perf_counter() - t_sample
     x = quantize(x.float().cpu())
-
-    model = classifier.model
-    reference = gaussian_statistics(lenet_features(model, test_x, progress=progress))
-    generated = lenet_features(model, x, progress=progress)
-    predicted = lenet_predict(model, x)
-    k = len(image_data.dataset_info(dataset).classes)
-    report = {
-        "run": str(run_dir),
-        "dataset": dataset,
-        "checkpoint_step": loaded.step,
-        "fld": fld_metrics.fld(generated, reference),
-        "fld_train_test": fld_metrics.fld(
-            lenet_features(model, fld_metrics.random_subset(train_x, n, seed)), reference
-        ),
-        "fld_noise_test": fld_metrics.fld(
-            lenet_features(model, fld_metrics.uniform_noise_images(n, tuple(x.shape[1:]), seed)), reference
-        ),
-        "class_entropy": fld_metrics.class_entropy(predicted, k),
-        "class_histogram": fld_metrics.class_histogram(predicted, k).tolist(),
-    }
-    if requested is not None:
-        report["precision"], report["recall"] = fld_metrics.precision_recall(requested.numpy(), predicted, k)
+    report = {"run": str(run_dir), "checkpoint_step": loaded.step}
+    report.update(measure_samples(x, reference, requested=requested, seed=seed, progress=progress))
     if fid:
-        report["fid"] = standard_fid(x, test_x, dataset, cfg.data.root, progress=progress, log=log)
+        report["fid"] = standard_fid(x, reference.test_x, dataset, cfg.data.root, progress=progress, log=log)
     report.update(
         sampler=cfg.sample.sampler,
         steps=steps,
@@ -152,7 +196,7 @@ def evaluate_run(
         guidance=guidance,
         n=n,
         seed=seed,
-        lenet_test_accuracy=classifier.test_accuracy,
+        lenet_test_accuracy=reference.classifier.test_accuracy,
         sample_seconds=sample_seconds,
         sample_images_per_s=n / sample_seconds,
         seconds=time.perf_counter() - t0,
