@@ -11,6 +11,11 @@ from pathlib import Path
 
 import torch
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -18,15 +23,21 @@ def merge_results(update: dict, path: Path = RESULTS) -> dict:
     """Merge ``update`` into the JSON at ``path`` (created if missing) and write it back, keys sorted.
 
     Top-level keys are replaced, except that a dict merges into a dict already there (so ``quality.uncond``
-    and ``quality.cond`` can come from separate runs). Scripts must not run at the same time.
+    and ``quality.cond`` can come from separate runs). A lock file next to ``path`` serialises scripts
+    that finish at the same time (POSIX; elsewhere, do not run them at once).
     """
-    results = json.loads(path.read_text()) if path.exists() else {}
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(results.get(key), dict):
-            results[key].update(value)
-        else:
-            results[key] = value
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    with open(path.with_suffix(".lock"), "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(results.get(key), dict):
+                results[key].update(value)
+            else:
+                results[key] = value
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        partial.replace(path)
     return results
 
 
