@@ -70,6 +70,10 @@ def test_info_reports_the_checkpoint_when_metrics_json_is_damaged(tiny_run, tmp_
         (["train", "no-such-preset", "--out", "{tmp}/r"], "neither a preset"),
         (["train", "spiral", "--out", "{tmp}/r", "--set", "diffusion.T=0"], "T must be at least 1"),
         (["train", "spiral", "--out", "{tmp}/r", "--set", "schedule=zigzag"], "unknown schedule"),
+        (
+            ["train", "spiral", "--out", "{tmp}/r", "--set", "schedule=linear", "--set", "T=20"],
+            "reaches β = 1 ≥ 1",
+        ),
         (["train", "spiral", "--out", "{tmp}/r", "--max-steps", "-3"], "max_steps must be non-negative"),
         (["train", "spiral", "--out", "{tmp}/r", "--set", "train.nope=1"], "unknown key"),
         (["train", "spiral", "--out", "{tmp}/file.txt"], "is a file"),

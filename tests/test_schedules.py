@@ -176,3 +176,13 @@ def test_schedule_is_frozen():
     s = make_schedule("linear", 100)
     with pytest.raises(AttributeError):
         s.betas = s.betas * 2
+
+
+@pytest.mark.parametrize("name", ["linear", "scaled_linear", "sigmoid"])
+def test_too_few_steps_for_a_rescaled_schedule_raise(name):
+    """Their ends scale by 1000/T, so with T ≤ 20 (19 for the sigmoid) the last β reaches 1 and ᾱ_T = 0,
+    where an ε-model's x̂0 divides by zero; a clear refusal instead of NaN samples."""
+    T = 19 if name == "sigmoid" else 20
+    with pytest.raises(ValueError, match="reaches β"):
+        make_schedule(name, T)
+    assert float(make_schedule(name, T + 1).betas.max()) < 1

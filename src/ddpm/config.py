@@ -200,7 +200,7 @@ def validate(cfg: Config) -> Config:
     from ddpm.diffusion import PREDICTIONS, VARIANCES
     from ddpm.models import MODELS
     from ddpm.samplers import SAMPLERS, SPACINGS
-    from ddpm.schedules import SCHEDULES
+    from ddpm.schedules import SCHEDULES, make_schedule
 
     tr, df = cfg.train, cfg.diffusion
     checks = [
@@ -250,4 +250,8 @@ def validate(cfg: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:
+        make_schedule(df.schedule, df.T)
+    except ValueError as e:
+        raise ConfigError(f"diffusion.T = {df.T}: {e}") from None
     return cfg

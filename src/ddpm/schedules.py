@@ -148,6 +148,11 @@ def make_schedule(name: str = "linear", T: int = 1000, zero_terminal_snr: bool =
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"the number of steps T must be a positive integer, got {T!r}")
     betas = builders[name](T, **kwargs)
+    if betas.max() >= 1:  # the 1000/T-scaled ends of the linear-type schedules pass 1 for T ≤ 20 or so
+        raise ValueError(
+            f"the {name} schedule at T = {T} reaches β = {float(betas.max()):.3g} ≥ 1, where ᾱ vanishes "
+            "(more steps, or the cosine schedule)"
+        )
     if zero_terminal_snr:
         betas = rescale_zero_terminal_snr(betas)
     return Schedule.from_betas(betas)
