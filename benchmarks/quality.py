@@ -26,7 +26,7 @@ import torch
 from record import RESULTS, merge_results, provenance
 
 from ddpm.config import Config, apply_overrides
-from ddpm.evaluate import evaluate_run
+from ddpm.evaluate import ReferenceSet, evaluate_run
 from ddpm.presets import get_preset
 from ddpm.run import train
 
@@ -59,14 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     trained = None if args.skip_train else train(cfg, args.out)
     train_wall = time.perf_counter() - t0
 
-    common = dict(sampler=args.sampler, steps=args.steps, guidance=args.guidance, progress=True)
-    main_report = evaluate_run(args.out, n=args.n, **common)
+    run_cfg = Config.load(args.out / "config.json")
+    reference = ReferenceSet.load(run_cfg.data.name, run_cfg.data.root)  # loaded once for the three
+    common = dict(guidance=args.guidance, progress=True, reference=reference)
+    fast_sampler = dict(sampler=args.sampler, steps=args.steps)
+    main_report = evaluate_run(args.out, n=args.n, **fast_sampler, **common)
     fast = full = None
     if args.full_n:
-        fast = evaluate_run(args.out, n=args.full_n, **common)
-        T = Config.load(args.out / "config.json").diffusion.T
-        full = evaluate_run(args.out, n=args.full_n, sampler="ddpm", steps=T, guidance=args.guidance)
-    run_cfg = Config.load(args.out / "config.json")
+        fast = evaluate_run(args.out, n=args.full_n, **fast_sampler, **common)
+        T = run_cfg.diffusion.T
+        full = evaluate_run(args.out, n=args.full_n, sampler="ddpm", steps=T, **common)
     state = json.loads(
         sorted((args.out / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text()
     )

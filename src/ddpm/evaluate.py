@@ -138,8 +138,12 @@ def evaluate_run(
     name: str | None = None,
     progress: bool = True,
     log=print,
+    reference: ReferenceSet | None = None,
 ) -> dict:
-    """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report."""
+    """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report.
+
+    ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves reloading it when one run is
+    measured many times."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, weights="ema", device=device)
@@ -168,7 +172,8 @@ def evaluate_run(
     name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta)
 
     requested = torch.arange(n) % num_classes if num_classes else None
-    reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
+    if reference is None or reference.dataset != dataset:
+        reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
     reference.check(n)
     t_sample = time.perf_counter()
     x = sample(
@@ -272,6 +277,7 @@ def sweep_run(
     full_n = full_n or n
     samplers = samplers or list(SAMPLERS)
     plan = [(s, k, n) for s in samplers for k in steps if k < T] + [("ddpm", T, full_n)]
+    reference = ReferenceSet.load(loaded_cfg.data.name, loaded_cfg.data.root, progress=progress, log=log)
     rows = []
     for i, (sampler, k, size) in enumerate(plan):
         log(f"sweep {i + 1}/{len(plan)}: {sampler}, {k} steps, N = {size}")
@@ -286,6 +292,7 @@ def sweep_run(
             device=device,
             progress=progress,
             log=log,
+            reference=reference,
         )
         keep = ("sampler", "steps", "n", "fld", "fld_train_test", "fld_noise_test", "class_entropy")
         row = {key: report[key] for key in keep}
