@@ -36,7 +36,7 @@ from torch import nn
 from ddpm import plotting
 from ddpm.config import apply_overrides
 from ddpm.data import images as image_data
-from ddpm.evaluate import ReferenceSet, measure_samples, quantize
+from ddpm.evaluate import GRID_N, ReferenceSet, measure_samples, quantize
 from ddpm.models import count_parameters
 from ddpm.presets import get_preset
 from ddpm.progress import progress_bar
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.train.max_steps = args.max_steps
     cfg.sample.sampler, cfg.sample.steps = args.sampler, args.steps
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    cfg.save(args.out / "config.json")
 
     ours = count_parameters(make_model(cfg))
     twin_config = diffusers_twin(cfg.model.kwargs, cfg.data.image_size, cfg.data.channels, ours)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     x = quantize(x.float())
     report = measure_samples(x, reference, seed=args.seed)
     grid = args.out / f"{args.sampler}-{args.steps}-n{args.n}-s{args.seed}.png"
-    plotting.save_grid(grid, x[:100], nrow=math.ceil(math.sqrt(min(args.n, 100))))
+    plotting.save_grid(grid, x[:GRID_N], nrow=math.ceil(math.sqrt(min(args.n, GRID_N))))
     ratio = report["fld"] / report["fld_train_test"]
     detail = {
         "preset": args.preset,

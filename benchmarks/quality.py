@@ -18,7 +18,6 @@ Every report also lands in ``RUN/eval/`` as ``ddpm eval`` writes it, so any figu
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from record import RESULTS, merge_results, provenance
 
 from ddpm.config import Config, apply_overrides
+from ddpm.engine import checkpoint as ckpt
 from ddpm.evaluate import ReferenceSet, evaluate_run
 from ddpm.presets import get_preset
 from ddpm.run import train
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         fast = evaluate_run(args.out, n=args.full_n, **fast_sampler, **common)
         T = run_cfg.diffusion.T
         full = evaluate_run(args.out, n=args.full_n, sampler="ddpm", steps=T, **common)
-    state = json.loads(
-        sorted((args.out / "checkpoints").glob("step-*"))[-1].joinpath("state.json").read_text()
-    )
+    state = ckpt.load_state(ckpt.latest_checkpoint(args.out))  # the checkpoint evaluate_run measured
 
     keep = ("fld", "fld_train_test", "fld_noise_test", "class_entropy", "precision", "n", "sample_seconds")
     detail = {

@@ -101,10 +101,7 @@ class Schedule:
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError("betas must be a non-empty 1-D tensor")
         if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError(
-                f"every beta must lie in (0, 1], got {betas.min():.3g} … {betas.max():.3g}"
-                " (linear-type schedules rescaled by 1000/T exceed 1 below T = 20: use more steps or cosine)"
-            )
+            raise ValueError(f"every beta must lie in (0, 1], got {betas.min():.3g} … {betas.max():.3g}")
         alphas = 1 - betas
         alpha_bar = torch.cumprod(alphas, 0)
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
