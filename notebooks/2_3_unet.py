@@ -83,7 +83,9 @@ run_dir = train_run(cfg, out, args.restart)
 # %% [markdown]
 # The losses of 2.2 and 2.3 cannot be compared number for number: the cosine schedule spends more of its
 # steps at low noise, where predicting $\varepsilon$ is hardest, so the same network would show a higher
-# average loss under it.
+# average loss under it. The preset also weights each step's loss by Min-SNR-5 (Hang et al. 2023,
+# `ddpm.diffusion.min_snr_weight`): $\min(\mathrm{SNR}_t, 5)/\mathrm{SNR}_t$ for ε-prediction, which
+# lowers the weight of the nearly clean steps (in $x_0$ terms the plain ε-loss weights a step by its SNR).
 
 # %% [markdown]
 # ## The network, block by block

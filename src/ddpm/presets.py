@@ -126,19 +126,27 @@ UNET = {
 }
 
 
+# The UNet presets weight the ε-loss by Min-SNR-5 (Hang et al. 2023): on MNIST it cut FLD by a third
+# against plain MSE at the same budget (benchmarks/README.md, "The recipe search").
+UNET_MIN_SNR_GAMMA = 5.0
+
+
 def mnist_unet() -> Config:
-    """The real UNet (ResNet blocks, attention at 7×7, time embedding; 1.1M parameters), cosine schedule."""
-    return _mnist(ModelConfig("unet", dict(UNET)))
+    """The real UNet (ResNet blocks, attention at 7×7, time embedding; 1.1M parameters), cosine schedule,
+    Min-SNR-5 loss weighting."""
+    return _mnist(ModelConfig("unet", dict(UNET)), min_snr_gamma=UNET_MIN_SNR_GAMMA)
 
 
 def mnist_cond() -> Config:
     """The UNet with a class embedding and 10 % label dropout, for classifier-free guidance."""
-    return _mnist(ModelConfig("unet", {**UNET, "num_classes": 10}), p_uncond=0.1)
+    return _mnist(
+        ModelConfig("unet", {**UNET, "num_classes": 10}), p_uncond=0.1, min_snr_gamma=UNET_MIN_SNR_GAMMA
+    )
 
 
 def fashion_unet() -> Config:
-    """The UNet on Fashion-MNIST."""
-    return _mnist(ModelConfig("unet", dict(UNET)), dataset="fashion-mnist")
+    """The UNet and its recipe on Fashion-MNIST."""
+    return _mnist(ModelConfig("unet", dict(UNET)), dataset="fashion-mnist", min_snr_gamma=UNET_MIN_SNR_GAMMA)
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
