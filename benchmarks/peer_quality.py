@@ -15,7 +15,8 @@ with our FLD (issue 6, part 2, the comparison that matters most).
    differs, and measures them with ``ddpm.evaluate.measure_samples``: FLD, the floor at the same N and
    their ratio.
 3. Merges ``fld_ratio_uncond_diffusers`` and the details under ``peer_quality`` into
-   ``benchmarks/results.json``.
+   ``benchmarks/results.json`` (with ``--tag _seed1``: ``fld_ratio_uncond_diffusers_seed1`` and
+   ``peer_quality_seed1``, for a run with ``--set seed=1`` beside the headline).
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--tag", default="", help="suffix of the result keys, e.g. _seed1 (default: the headline)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         **provenance("peer_quality.py", argv),
     }
     (args.out / "report.json").write_text(json.dumps(detail, indent=2) + "\n")
-    merge_results({"fld_ratio_uncond_diffusers": round(ratio, 3), "peer_quality": detail}, args.results)
+    update = {f"fld_ratio_uncond_diffusers{args.tag}": round(ratio, 3), f"peer_quality{args.tag}": detail}
+    merge_results(update, args.results)
     print(
         f"diffusers, {done['step']} steps in {done['wall_seconds'] / 60:.1f} min: FLD {report['fld']:.2f} at "
         f"N = {args.n} (floor {report['fld_train_test']:.3f}, ratio {ratio:.1f}); grid {grid}"

@@ -126,7 +126,7 @@ class DiffusersTrainer:
         # use_ema_warmup=False is our warm-up: decay = min(ema_decay, (1 + step) / (10 + step)).
         self.ema = EMAModel(unet.parameters(), decay=tc.ema_decay, use_ema_warmup=False)
         self.grad_clip = tc.grad_clip
-        self.generator = torch.Generator().manual_seed(0)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # the batches, noise and times
 
     def train_step(self) -> torch.Tensor:
         g = self.generator

@@ -1,0 +1,157 @@
+"""The learning curve of a recipe: FLD against training images, from runs that differ only in their horizon,
+and the training a power law puts at the ratio target (issue 6: showing that the limit is compute).
+
+    python benchmarks/curve.py --keys uncond_h900 uncond_h1800 uncond --target 3
+
+1. Reads ``quality.<key>`` for each key from ``benchmarks/results.json`` (written by ``quality.py``) and
+   refuses runs that differ in anything but the horizon: the preset with its overrides, as a config
+   (``train.max_steps``, ``train.max_minutes`` and ``train.num_threads`` aside; threads change the speed,
+   not the steps), and the sampler, its steps, the guidance and N.
+2. Fits ``FLD − floor = a · images^(−b)`` by least squares on the logarithms. The floor (FLD of as many
+   real training images) is what a perfect model would score at that N, so it is the excess over the
+   floor that can shrink with training.
+3. Solves for the images at ``FLD = target × floor`` and converts them to epochs and to hours at the
+   training speed of the last key's run; merges ``learning_curve`` into ``benchmarks/results.json`` and
+   draws ``benchmarks/figures/learning_curve.png``.
+
+Three points and two parameters: the residuals say how well a power law describes them; the
+extrapolation is the law's, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from record import RESULTS, merge_results, provenance  # noqa: E402
+
+from ddpm.config import apply_overrides  # noqa: E402
+from ddpm.presets import get_preset  # noqa: E402
+
+FIGURE = Path(__file__).resolve().parent / "figures" / "learning_curve.png"
+HORIZON = (("train", "max_steps"), ("train", "max_minutes"), ("train", "num_threads"))
+SAME = ("preset", "sampler", "sampler_steps", "guidance")
+
+
+def recipe(entry: dict) -> dict:
+    """The run's config as its preset and overrides give it today, without what only sets its horizon."""
+    cfg = apply_overrides(get_preset(entry["preset"]), entry["overrides"]).to_dict()
+    for section, name in HORIZON:
+        cfg[section].pop(name)
+    cfg["data"].pop("root")  # where the data lies, not what it is
+    return cfg
+
+
+def check_same_recipe(entries: dict[str, dict]) -> None:
+    """Refuse (SystemExit, one line) entries that are not one recipe at several horizons."""
+    first_key, first = next(iter(entries.items()))
+    for key, entry in entries.items():
+        for field in SAME:
+            if entry[field] != first[field]:
+                raise SystemExit(
+                    f"{key}: {field} {entry[field]!r} differs from {first_key}'s {first[field]!r}"
+                )
+        if entry["at_n"]["n"] != first["at_n"]["n"]:
+            raise SystemExit(f"{key}: N {entry['at_n']['n']} differs from {first_key}'s {first['at_n']['n']}")
+        if recipe(entry) != recipe(first):
+            raise SystemExit(f"{key}: its config differs from {first_key}'s in more than the horizon")
+
+
+def fit_power_law(images: np.ndarray, excess: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` of ``excess = a · images^(−b)``, least squares on ``log excess`` against ``log images``."""
+    slope, intercept = np.polyfit(np.log(images), np.log(excess), 1)
+    return math.exp(intercept), -slope
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--keys", nargs="+", required=True, help="quality.<key> entries, at least two horizons")
+    p.add_argument("--target", type=float, default=3.0, help="the FLD / floor ratio to extrapolate to")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--figure", type=Path, default=FIGURE)
+    args = p.parse_args(argv)
+
+    quality = json.loads(args.results.read_text()).get("quality", {})
+    missing = [k for k in args.keys if k not in quality]
+    if missing:
+        raise SystemExit(
+            f"no quality.{missing[0]} in {args.results}: run benchmarks/quality.py --key {missing[0]}"
+        )
+    if len(args.keys) < 2:
+        raise SystemExit("--keys: a curve needs at least two runs")
+    entries = {k: quality[k] for k in args.keys}
+    check_same_recipe(entries)
+
+    images = np.array([e["images_seen"] for e in entries.values()], dtype=float)
+    if len(set(images)) < 2:
+        raise SystemExit("--keys: the runs saw the same number of images; a curve needs different horizons")
+    fld = np.array([e["at_n"]["fld"] for e in entries.values()])
+    floor = np.array([e["at_n"]["fld_train_test"] for e in entries.values()])
+    a, b = fit_power_law(images, fld - floor)
+    fitted = floor + a * images ** (-b)
+    target_floor = float(floor.mean())
+    needed = (a / ((args.target - 1) * target_floor)) ** (1 / b)
+    last = entries[args.keys[-1]]
+    speed = last["images_seen"] / last["train_seconds"]
+    points = [
+        {
+            "key": k,
+            "steps": e["steps_trained"],
+            "images": e["images_seen"],
+            "fld": e["at_n"]["fld"],
+            "floor": e["at_n"]["fld_train_test"],
+            "fitted_fld": round(float(f), 3),
+        }
+        for (k, e), f in zip(entries.items(), fitted)
+    ]
+    curve = {
+        "law": "FLD - floor = a * images^(-b)",
+        "a": a,
+        "b": round(b, 4),
+        "points": points,
+        "target_ratio": args.target,
+        "images_at_target": round(needed),
+        "epochs_at_target": round(needed / 60_000, 1),
+        "hours_at_target": round(needed / speed / 3600, 2),
+        "speed_images_per_s": round(speed, 1),
+        "speed_from": args.keys[-1],
+        **provenance("curve.py", argv),
+    }
+    merge_results({"learning_curve": curve}, args.results)
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(images, fld, "o", label="measured FLD (N = {:,})".format(last["at_n"]["n"]))
+    span = np.geomspace(images.min() / 1.5, needed * 1.5, 100)
+    ax.plot(span, target_floor + a * span ** (-b), "-", lw=1, label=f"floor + {a:.3g} · images^(−{b:.2f})")
+    ax.axhline(target_floor, color="k", lw=0.8, ls="--", label=f"floor {target_floor:.3f}")
+    ax.axhline(args.target * target_floor, color="r", lw=0.8, ls=":", label=f"ratio {args.target:g}")
+    ax.axvline(needed, color="r", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training images (steps × batch)")
+    ax.set_ylabel("FLD against the test set")
+    ax.set_title(f"{last['preset']}: ratio {args.target:g} at ~{needed / 1e6:.2g} million images", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure)
+    plt.close(fig)
+
+    for pt in points:
+        print(f"{pt['key']}: {pt['images']:,} images, FLD {pt['fld']:.2f} (fit {pt['fitted_fld']:.2f})")
+    print(
+        f"b = {b:.3f}; ratio {args.target:g} at {needed:,.0f} images = {curve['epochs_at_target']} epochs "
+        f"= {curve['hours_at_target']} h at {speed:.1f} img/s; figure {args.figure}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
