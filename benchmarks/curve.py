@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ax.axhline(target_floor, color="k", lw=0.8, ls="--", label=f"floor {target_floor:.3f}")
     ax.axhline(args.target * target_floor, color="r", lw=0.8, ls=":", label=f"ratio {args.target:g}")
     ax.axvline(needed, color="r", lw=0.8, ls=":")
+    budget = f"{args.keys[-1]}: {last['train_seconds'] / 60:.0f} min at {last['threads']} threads"
+    ax.axvline(last["images_seen"], color="0.5", lw=0.8, label=budget)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training images (steps × batch)")
