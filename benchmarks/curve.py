@@ -25,24 +25,27 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from record import RESULTS, merge_results, provenance
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from record import RESULTS, merge_results, provenance  # noqa: E402
-
-from ddpm.config import apply_overrides  # noqa: E402
-from ddpm.presets import get_preset  # noqa: E402
+from ddpm import plotting
+from ddpm.config import Config, apply_overrides
+from ddpm.data.images import DATASETS
+from ddpm.presets import get_preset
 
 FIGURE = Path(__file__).resolve().parent / "figures" / "learning_curve.png"
 HORIZON = (("train", "max_steps"), ("train", "max_minutes"), ("train", "num_threads"))
 SAME = ("preset", "sampler", "sampler_steps", "guidance")
 
 
+def entry_config(entry: dict) -> Config:
+    """The run's config as its preset and overrides give it today."""
+    return apply_overrides(get_preset(entry["preset"]), entry["overrides"])
+
+
 def recipe(entry: dict) -> dict:
-    """The run's config as its preset and overrides give it today, without what only sets its horizon."""
-    cfg = apply_overrides(get_preset(entry["preset"]), entry["overrides"]).to_dict()
+    """The run's config without what only sets its horizon."""
+    cfg = entry_config(entry).to_dict()
     for section, name in HORIZON:
         cfg[section].pop(name)
     cfg["data"].pop("root")  # where the data lies, not what it is
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     needed = (a / ((args.target - 1) * target_floor)) ** (1 / b)
     last = entries[args.keys[-1]]
     speed = last["images_seen"] / last["train_seconds"]
+    epoch = DATASETS[entry_config(last).data.name].sizes["train"]
     points = [
         {
             "key": k,
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "points": points,
         "target_ratio": args.target,
         "images_at_target": round(needed),
-        "epochs_at_target": round(needed / 60_000, 1),
+        "epochs_at_target": round(needed / epoch, 1),
         "hours_at_target": round(needed / speed / 3600, 2),
         "speed_images_per_s": round(speed, 1),
         "speed_from": args.keys[-1],
@@ -126,25 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     merge_results({"learning_curve": curve}, args.results)
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(images, fld, "o", label="measured FLD (N = {:,})".format(last["at_n"]["n"]))
-    span = np.geomspace(images.min() / 1.5, needed * 1.5, 100)
-    ax.plot(span, target_floor + a * span ** (-b), "-", lw=1, label=f"floor + {a:.3g} · images^(−{b:.2f})")
-    ax.axhline(target_floor, color="k", lw=0.8, ls="--", label=f"floor {target_floor:.3f}")
-    ax.axhline(args.target * target_floor, color="r", lw=0.8, ls=":", label=f"ratio {args.target:g}")
-    ax.axvline(needed, color="r", lw=0.8, ls=":")
     budget = f"{args.keys[-1]}: {last['train_seconds'] / 60:.0f} min at {last['threads']} threads"
-    ax.axvline(last["images_seen"], color="0.5", lw=0.8, label=budget)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training images (steps × batch)")
-    ax.set_ylabel("FLD against the test set")
-    ax.set_title(f"{last['preset']}: ratio {args.target:g} at ~{needed / 1e6:.2g} million images", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
     args.figure.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure)
-    plt.close(fig)
+    plotting.fld_vs_images(
+        args.figure,
+        images,
+        fld,
+        target_floor,
+        law=(a, b),
+        target=(args.target, needed),
+        budget=(last["images_seen"], budget),
+        title=f"{last['preset']}, N = {last['at_n']['n']:,}: ratio {args.target:g} at ~{needed:.2g} images",
+    )
 
     for pt in points:
         print(f"{pt['key']}: {pt['images']:,} images, FLD {pt['fld']:.2f} (fit {pt['fitted_fld']:.2f})")

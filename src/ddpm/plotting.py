@@ -160,6 +160,41 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
     return _save(fig, path)
 
 
+def fld_vs_images(
+    path: Path,
+    images: Sequence[float],
+    fld: Sequence[float],
+    floor: float,
+    law: tuple[float, float],
+    target: tuple[float, float],
+    budget: tuple[float, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """A learning curve on log axes: measured FLD against training images, the power law
+    ``floor + a · images^(−b)`` (``law = (a, b)``) drawn on to the ``target = (ratio, images)`` where it
+    reaches ``ratio × floor``; the floor dashed, the target dotted, ``budget = (images, label)`` grey."""
+    a, b = law
+    ratio, needed = target
+    images = np.asarray(images, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(images, fld, "o", label="measured FLD")
+    span = np.geomspace(images.min() / 1.5, needed * 1.5, 100)
+    ax.plot(span, floor + a * span ** (-b), "-", lw=1, label=f"floor + {a:.3g} · images^(−{b:.2f})")
+    ax.axhline(floor, color="k", lw=0.8, ls="--", label=f"floor {floor:.3f}")
+    ax.axhline(ratio * floor, color="r", lw=0.8, ls=":", label=f"ratio {ratio:g}")
+    ax.axvline(needed, color="r", lw=0.8, ls=":")
+    if budget is not None:
+        ax.axvline(budget[0], color="0.5", lw=0.8, label=budget[1])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training images (steps × batch)")
+    ax.set_ylabel("FLD against the test set")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     """Lay out, write and close a figure; returns its path."""
     fig.tight_layout()
