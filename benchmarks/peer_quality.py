@@ -41,7 +41,7 @@ from ddpm.evaluate import GRID_N, ReferenceSet, measure_samples, quantize
 from ddpm.models import count_parameters
 from ddpm.presets import get_preset
 from ddpm.progress import progress_bar
-from ddpm.run import build_schedule, make_model, sample
+from ddpm.run import build_schedule, make_model, sample, sampling_config
 
 STATE = "state.pt"
 
@@ -129,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     cfg = apply_overrides(get_preset(args.preset), args.set)
-    if cfg.model.name != "unet" or cfg.model.kwargs.get("num_classes"):
+    if cfg.model.name != "unet" or cfg.model.num_classes:
         raise SystemExit(f"--preset {args.preset}: diffusers' twin is built for the unconditional UNet")
     if args.max_steps:
         cfg.train.max_steps = args.max_steps
-    cfg.sample.sampler, cfg.sample.steps = args.sampler, args.steps
+    cfg = sampling_config(cfg, sampler=args.sampler, steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     cfg.save(args.out / "config.json")
 

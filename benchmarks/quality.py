@@ -28,7 +28,7 @@ from ddpm.config import Config, apply_overrides
 from ddpm.engine import checkpoint as ckpt
 from ddpm.evaluate import ReferenceSet, evaluate_run
 from ddpm.presets import get_preset
-from ddpm.run import train
+from ddpm.training import train
 
 
 def main(argv: list[str] | None = None) -> int:

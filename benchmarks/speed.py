@@ -3,7 +3,7 @@
 What is compared, with the same parameter count, batch, optimiser settings and precision on both sides:
 
 - training: one optimiser step of OUR ENGINE as ``ddpm train`` runs it (``Trainer.train_step``: the loss
-  of ``ddpm.run.make_loss_fn``, backward, gradient clipping, fused AdamW, the EMA update) against
+  of ``ddpm.training.make_loss_fn``, backward, gradient clipping, fused AdamW, the EMA update) against
   diffusers' idiomatic step (the loop of its ``train_unconditional.py`` example: ``add_noise``,
   ``unet(x_t, t).sample``, MSE, backward, clipping, AdamW, an LR-scheduler step, ``EMAModel.step``);
 - sampling: our ``ddpm_sample`` with ``make_denoiser`` against diffusers' ``DDPMScheduler`` loop
@@ -41,12 +41,14 @@ from diffusers.training_utils import EMAModel
 from record import RESULTS, merge_results, provenance
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from ddpm.engine.trainer import Trainer, resolve_precision
+from ddpm.engine.device import resolve_precision
+from ddpm.engine.trainer import Trainer
 from ddpm.models import count_parameters
 from ddpm.models.layers import num_groups
 from ddpm.presets import get_preset
-from ddpm.run import build_schedule, make_loss_fn, make_model
+from ddpm.run import build_schedule, make_model
 from ddpm.samplers import ddpm_sample, make_denoiser, make_timesteps
+from ddpm.training import make_loss_fn
 
 
 def autocast(precision: str):

@@ -30,7 +30,7 @@ from _common import parse_args, wrote
 from ddpm import diffusion
 from ddpm import reference_numpy as ref
 from ddpm.data.toy import spiral
-from ddpm.evaluation.points import energy_distance
+from ddpm.metrics.points import energy_distance
 from ddpm.plotting import points_gif, scatter_row
 from ddpm.schedules import make_schedule
 

@@ -24,9 +24,9 @@
 # with $t$ uniform over the steps and $\varepsilon \sim \mathcal{N}(0, I)$. Sampling is Algorithm 2: start
 # from $x_T \sim \mathcal{N}(0, I)$ and apply the reverse step of eq. 11 down to $t = 1$.
 #
-# We do not write a training loop here: `ddpm.run.train` is the library's engine, the same one that trains
-# the image models later in the series. A *preset* is a complete configuration: `get_preset("spiral")` is
-# a small residual MLP (4 blocks of 128 units, each told $t$ through a sinusoidal embedding), the cosine
+# We do not write a training loop here: `ddpm.training.train` is the library's engine, the same one that
+# trains the image models later in the series. A *preset* is a complete configuration: `get_preset("spiral")`
+# is a small residual MLP (4 blocks of 128 units, each told $t$ through a sinusoidal embedding), the cosine
 # schedule with $T = 200$, batches of 512 points drawn from 100,000 spiral samples, AdamW with warm-up and
 # cosine decay, and an exponential moving average (EMA) of the weights that is used for sampling.
 #
@@ -41,10 +41,11 @@ import torch
 from _common import parse_args, wrote
 
 from ddpm.data.toy import make_toy
-from ddpm.evaluation.points import points_metrics
+from ddpm.metrics.points import points_metrics
 from ddpm.plotting import points_gif, scatter_row
 from ddpm.presets import get_preset
-from ddpm.run import load_run, sample, train
+from ddpm.run import ReverseFrames, load_run, sample
+from ddpm.training import train
 
 
 def _flags(parser):
@@ -97,24 +98,16 @@ T = run.schedule.T
 snap = [T - 1, *(round(f * T) for f in (0.75, 0.5, 0.3, 0.15, 0.08, 0.03)), 0]  # for the rows of snapshots
 # GIF frames: denser near the end, where the spiral appears.
 keep = {*range(0, 40, 3), *range(40, T, 16), *snap}
-states, guesses = {}, {}
-
-
-def collect(i, t, x, x0):
-    """After reverse step index t the state is x_t (the paper's x_{t}, with x_0 the final sample)."""
-    if t in keep:
-        states[t] = x.detach().cpu().clone()
-        guesses[t] = x0.detach().cpu().clone()
-
-
+collect = ReverseFrames()  # after each reverse step index t: the state x_t and the guess x̂_0 made at t
 samples = sample(run.cfg, run.model, run.schedule, args.n, seed=1, callback=collect).cpu()
+states, guesses = dict(zip(collect.t, collect.states)), dict(zip(collect.t, collect.guesses))
 data = make_toy("spiral", args.n, seed=2)
 wrote(scatter_row(out / "samples.png", [data, samples], [f"data ({args.n} points)", f"samples ({args.n})"]))
 
 # %% [markdown]
 # ## How good are the samples?
 #
-# Two numbers, both from `ddpm.evaluation.points`:
+# Two numbers, both from `ddpm.metrics.points`:
 #
 # * **mean distance to the curve**: how far, on average, a sample lies from the continuous spiral (the data
 #   itself scores 0). It measures *precision*, but a model that put every point on one spot of the curve

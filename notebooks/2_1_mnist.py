@@ -67,7 +67,7 @@ args, out, cfg = mnist_setup(
 # %% [markdown]
 # ## Train
 #
-# `ddpm.run.train` is the engine of part 1: it loads MNIST's 60,000 training digits, trains with AdamW
+# `ddpm.training.train` is the engine of part 1: it loads MNIST's 60,000 training digits, trains with AdamW
 # (warm-up, then cosine decay) and keeps an exponential moving average (EMA) of the weights, which is what
 # we sample with. A few CPU minutes is a very short training — a GPU does thousands of steps in that time —
 # so expect blurry digits; re-run the notebook to train longer.

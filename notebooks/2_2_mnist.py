@@ -58,7 +58,7 @@ args, out, cfg = mnist_setup(
 # %% [markdown]
 # ## Train
 #
-# Exactly as in 2.1: `ddpm.run.train` on MNIST's 60,000 training digits, AdamW with warm-up and cosine
+# Exactly as in 2.1: `ddpm.training.train` on MNIST's 60,000 training digits, AdamW with warm-up and cosine
 # decay, an EMA of the weights for sampling, and the same linear schedule with $T = 1000$. With the same
 # `--minutes` both notebooks train about the same number of steps (the time embedding costs little).
 

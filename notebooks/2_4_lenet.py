@@ -42,7 +42,7 @@ import torch
 from _common import parse_args, wrote
 
 from ddpm.data.images import dataset_info, load, to_tensor
-from ddpm.evaluation import lenet
+from ddpm.metrics import lenet
 from ddpm.models import count_parameters
 
 
@@ -60,7 +60,7 @@ info = dataset_info(args.dataset)
 # %% [markdown]
 # ## Train
 #
-# `ddpm.evaluation.lenet.train_lenet` is plain supervised learning: the cross-entropy of the logits, AdamW,
+# `ddpm.metrics.lenet.train_lenet` is plain supervised learning: the cross-entropy of the logits, AdamW,
 # and a *one-cycle* learning rate that rises for the first 30 % of the steps and then falls to almost zero
 # (Smith & Topin 2019), which reaches a good accuracy in few epochs. No data augmentation: MNIST's 60,000
 # digits are plenty for 62k parameters. On one CPU thread an epoch takes some 15 seconds.
@@ -168,6 +168,6 @@ for k in np.argsort(off, axis=None)[::-1][:3]:
 # 2, 3 and 5). On Fashion-MNIST (`--dataset fashion-mnist`, about 90 %) the network mixes up the upper-body
 # garments: shirts, T-shirts, pullovers and coats.
 #
-# The diffusion evaluation does not train its own classifier each time: `ddpm.evaluation.lenet.load_lenet`
+# The diffusion evaluation does not train its own classifier each time: `ddpm.metrics.lenet.load_lenet`
 # trains one once per dataset with these defaults and keeps it in the data cache, under a name that
 # includes a checksum of the training data, so that every FLD is measured with the same network.

@@ -22,7 +22,7 @@
 #
 # The first term compares where the two clouds of features sit, the second how they spread. The matrix
 # square root is a real one: $(\Sigma_1\Sigma_2)^{1/2}$ is the matrix whose square is $\Sigma_1\Sigma_2$,
-# not the element-wise square root (`ddpm/evaluation/frechet.py` computes it through a symmetric
+# not the element-wise square root (`ddpm/metrics/frechet.py` computes it through a symmetric
 # eigen-decomposition, and its tests catch the element-wise mistake).
 #
 # For digits the series replaces Inception by the LeNet5 of notebook 2.4 and its 84 features: the
@@ -54,11 +54,11 @@ args, out, cfg = mnist_setup(
 )
 
 from ddpm.data import images  # noqa: E402
-from ddpm.evaluation import fld  # noqa: E402
-from ddpm.evaluation.frechet import gaussian_statistics  # noqa: E402
-from ddpm.evaluation.lenet import lenet_features, lenet_predict, load_lenet  # noqa: E402
+from ddpm.metrics import fld  # noqa: E402
+from ddpm.metrics.frechet import gaussian_statistics  # noqa: E402
+from ddpm.metrics.lenet import lenet_features, lenet_predict, load_lenet  # noqa: E402
 from ddpm.plotting import labelled_grid  # noqa: E402
-from ddpm.run import sample  # noqa: E402
+from ddpm.run import sample, sampling_config  # noqa: E402
 
 # %% [markdown]
 # ## The classifier
@@ -76,7 +76,7 @@ classifier = lenet.model
 # %%
 run_dir = args.run if args.run else train_run(cfg, out, args.restart)
 run, device, test_x = open_run(run_dir)
-run.cfg.sample.steps = args.sample_steps
+run.cfg = sampling_config(run.cfg, steps=args.sample_steps)
 x = sample(run.cfg, run.model, run.schedule, args.n, seed=0, progress=True).cpu().clamp(-1, 1)
 
 # %% [markdown]

@@ -56,10 +56,11 @@ import torch
 from _common import parse_args, wrote
 
 from ddpm.data.toy import SHAPES3_CLASSES, shapes3, shapes3_curves
-from ddpm.evaluation.points import distance_to_spiral
+from ddpm.metrics.points import distance_to_spiral
 from ddpm.plotting import points_gif, scatter_axes, scatter_row
 from ddpm.presets import get_preset
-from ddpm.run import load_run, sample, train
+from ddpm.run import load_run, sample, sampling_config
+from ddpm.training import train
 
 WEIGHTS = (0.0, 1.0, 3.0)
 
@@ -109,7 +110,7 @@ wrote(out / "data.png")
 # ## Train
 #
 # The same engine as in part 1; the labels come with the data set and the label dropout is part of the
-# loss (`ddpm.run.make_loss_fn`).
+# loss (`ddpm.training.make_loss_fn`).
 
 # %%
 run_dir = out / "run"
@@ -117,7 +118,7 @@ metrics = train(cfg, run_dir, restart=args.restart)
 print(f"step {metrics['step']}, {metrics['train_seconds']:.0f} s of training in all")
 wrote(run_dir / "loss.png")
 run = load_run(run_dir)
-run.cfg.sample.steps = args.sample_steps
+run.cfg = sampling_config(run.cfg, steps=args.sample_steps)
 
 # %% [markdown]
 # ## Without a label
@@ -172,7 +173,7 @@ for w in WEIGHTS:
 # Two numbers per class and $w$:
 #
 # * **distance to its own curve**: the mean distance of the class-$c$ samples to the continuous curve of
-#   class $c$ (exact for the spiral, `ddpm.evaluation.points.distance_to_spiral`; for the s-curve and the
+#   class $c$ (exact for the spiral, `ddpm.metrics.points.distance_to_spiral`; for the s-curve and the
 #   moons the distance to a dense polyline from `shapes3_curves`, accurate to within $5 \cdot 10^{-4}$);
 # * **nearer another curve**: the fraction of the class-$c$ samples that lie closer to the curve of another
 #   class than to their own: samples the model drew from the wrong shape (or far off every shape). The data

@@ -52,7 +52,7 @@ if args.sample_steps == 100:  # mnist_flags' default suits ancestral sampling; D
 
 from ddpm.evaluate import evaluate_run  # noqa: E402
 from ddpm.plotting import labelled_grid  # noqa: E402
-from ddpm.run import sample  # noqa: E402
+from ddpm.run import sample, sampling_config  # noqa: E402
 
 # %% [markdown]
 # ## The model
@@ -60,7 +60,7 @@ from ddpm.run import sample  # noqa: E402
 # %%
 run_dir = args.run if args.run else train_run(cfg, out, args.restart)
 run, device, _ = open_run(run_dir)
-run.cfg.sample.sampler, run.cfg.sample.steps = args.sampler, args.sample_steps
+run.cfg = sampling_config(run.cfg, sampler=args.sampler, steps=args.sample_steps)
 
 # %% [markdown]
 # ## What guidance does to the digits

@@ -108,7 +108,7 @@ def mnist_config(preset: str, args):
 def train_run(cfg, out: Path, restart: bool) -> Path:
     """Train (or resume) the run in ``out/run``, plot its loss to ``out/loss.png``; returns the run folder."""
     from ddpm.plotting import loss_curve
-    from ddpm.run import train
+    from ddpm.training import train
 
     run_dir = out / "run"
     metrics = train(cfg, run_dir, restart=restart)
@@ -180,18 +180,12 @@ def reverse_process_figures(run, n_samples: int, sample_steps: int, out: Path) -
     import numpy as np
 
     from ddpm.plotting import grid_gif, labelled_grid, save_grid
-    from ddpm.run import sample
+    from ddpm.run import ReverseFrames, sample, sampling_config
 
-    run.cfg.sample.steps = sample_steps
-    states, guesses, seen_t = [], [], []
-
-    def collect(i, t, x, x0):
-        """Called after reverse step i, taken from array index t: x is the new state, x0 the guess at t."""
-        states.append(x.cpu().clone())
-        guesses.append(x0.cpu().clone())
-        seen_t.append(t)
-
+    run.cfg = sampling_config(run.cfg, steps=sample_steps)
+    collect = ReverseFrames()  # after reverse step i (from array index t): the new state, the guess at t
     samples = sample(run.cfg, run.model, run.schedule, n_samples, seed=1, callback=collect).cpu()
+    states, guesses, seen_t = collect.states, collect.guesses, collect.t
     wrote(save_grid(out / "samples.png", samples))
     # The GIFs show the first 16 samples in about 30 frames (all frames of all samples would be megabytes).
     frames = sorted({*range(0, len(states), max(1, len(states) // 30)), len(states) - 1})

@@ -32,7 +32,7 @@ DATA = os.environ.get("DDPM_DATA") or "/tmp/ddpm-data"
 def mnist_lenet():
     """The real LeNet-5 of ``ddpm eval``, trained once per machine (about a minute) and cached in DATA."""
     from ddpm.data.images import fetch
-    from ddpm.evaluation.lenet import load_lenet
+    from ddpm.metrics.lenet import load_lenet
 
     fetch("mnist", root=DATA, progress=False)
     torch.set_num_threads(1)

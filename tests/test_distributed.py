@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ddpm import run
+from ddpm import training
 from ddpm.cli import main
 from ddpm.config import Config, apply_overrides
 from ddpm.engine import checkpoint as ckpt
@@ -86,7 +86,7 @@ def test_two_processes_match_one_with_the_global_batch(straight, tmp_path):
     (drawn by global position), the gradient averaged over the ranks."""
     cfg = apply_overrides(get_preset("spiral"), [*SETTINGS, "train.batch_size=64"])
     cfg.train.max_steps = STEPS
-    run.train(cfg, tmp_path, log=lambda *_: None)
+    training.train(cfg, tmp_path, log=lambda *_: None)
     for name in ("model", "ema"):
         a, b = final_tensors(straight, name), final_tensors(tmp_path, name)
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -114,7 +114,7 @@ def test_resume_under_ddp_continues_exactly(straight, tmp_path, capsys):
 
     # Resuming under another world size works: same step and data position, the new global batch.
     messages = []
-    run.train(Config.load(out / "config.json"), tmp_path / "copy", log=messages.append)
+    training.train(Config.load(out / "config.json"), tmp_path / "copy", log=messages.append)
     assert any("written by 2 process(es), this job has 1" in m for m in messages), messages
     c = info(tmp_path / "copy", capsys)
     assert c["step"] == STEPS and c["world_size"] == 1

@@ -8,11 +8,12 @@ import subprocess
 import pytest
 import torch
 
-from ddpm import run
+from ddpm import run, training
 from ddpm.config import TrainConfig, apply_overrides
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.ema import EMA
-from ddpm.engine.trainer import BatchOrder, Trainer, lr_at
+from ddpm.engine.randomness import BatchOrder
+from ddpm.engine.trainer import Trainer, lr_at
 from ddpm.presets import get_preset
 from tests.conftest import TINY
 
@@ -111,7 +112,7 @@ def test_ema_update_formula():
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """A run interrupted at step 13 (Ctrl-C) and resumed ends with the weights of an uninterrupted run."""
-    straight = run.train(tiny_cfg(20), tmp_path / "a", log=lambda *_: None)
+    straight = training.train(tiny_cfg(20), tmp_path / "a", log=lambda *_: None)
     original = Trainer.train_step
 
     def interrupted(self):
@@ -122,10 +123,10 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run.train(tiny_cfg(20), tmp_path / "b", log=lambda *_: None)
+        training.train(tiny_cfg(20), tmp_path / "b", log=lambda *_: None)
     assert ckpt.latest_checkpoint(tmp_path / "b").name == "step-00000013"
     monkeypatch.setattr(Trainer, "train_step", original)
-    resumed = run.train(tiny_cfg(20), tmp_path / "b", log=lambda *_: None)
+    resumed = training.train(tiny_cfg(20), tmp_path / "b", log=lambda *_: None)
     assert straight["step"] == resumed["step"] == 20
     for name in ("model", "ema"):
         a = ckpt.load_tensors(ckpt.latest_checkpoint(tmp_path / "a") / f"{name}.safetensors")
@@ -137,7 +138,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
 
 def test_run_folder_is_complete_and_loadable(tmp_path):
-    metrics = run.train(tiny_cfg(10), tmp_path, log=lambda *_: None)
+    metrics = training.train(tiny_cfg(10), tmp_path, log=lambda *_: None)
     for name in ("config.json", "metrics.json", "metrics.csv", "loss.png"):
         assert (tmp_path / name).is_file(), name
     assert {
@@ -157,7 +158,7 @@ def test_run_folder_is_complete_and_loadable(tmp_path):
 
 
 def test_weights_of_another_model_are_refused(tmp_path):
-    run.train(tiny_cfg(5), tmp_path, log=lambda *_: None)
+    training.train(tiny_cfg(5), tmp_path, log=lambda *_: None)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["model"]["kwargs"]["hidden"] = 24
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -170,4 +171,4 @@ def test_unwritable_out_is_refused(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     with pytest.raises(run.RunError, match="cannot write"):
-        run.train(tiny_cfg(5), locked / "run", log=lambda *_: None)
+        training.train(tiny_cfg(5), locked / "run", log=lambda *_: None)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ddpm.cli import main
-from ddpm.evaluation import lenet as lenet_module
+from ddpm.metrics import lenet as lenet_module
 from tests.conftest import DATA, TINY
 
 SMALL_UNET = [
@@ -89,8 +89,8 @@ def test_eval_is_reproducible_and_prints_a_table(runs, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--guidance", "2"], "guidance needs a class-conditional run"),
-        (["--steps", "5000"], "--steps 5000: choose 1"),
+        (["--guidance", "2"], "guidance needs a class-conditional model"),
+        (["--steps", "5000"], "sample.steps (--steps) must lie in 1…T (50), got 5000"),
         (["--n", "1"], "--n must be at least 2"),
         (["--n", "70000"], "the floor needs as many training images"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -135,8 +135,8 @@ def test_standard_fid_caches_the_test_statistics(tmp_path):
     """Standard FID on a handful of images (Inception runs at ~2 images/s on this CPU)."""
     from ddpm.data.images import load, to_tensor
     from ddpm.evaluate import standard_fid
-    from ddpm.evaluation.fld import uniform_noise_images
-    from ddpm.evaluation.inception import InceptionDownloadError, inception_weights
+    from ddpm.metrics.fld import uniform_noise_images
+    from ddpm.metrics.inception import InceptionDownloadError, inception_weights
 
     try:
         weights = inception_weights(cache_dir=DATA, progress=False)

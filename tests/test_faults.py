@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm import run
+from ddpm import run, training
 from ddpm.cli import main
 from ddpm.config import Config
 from ddpm.engine import checkpoint as ckpt
@@ -126,7 +126,7 @@ def test_a_failed_metrics_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 def poison_from(monkeypatch, bad_step: int) -> None:
     """Make the training loss NaN from step ``bad_step`` on (counted from 1, as in the log)."""
-    make = run.make_loss_fn
+    make = training.make_loss_fn
 
     def poisoned(*args, **kwargs):
         loss_fn, calls = make(*args, **kwargs), [0]
@@ -138,7 +138,7 @@ def poison_from(monkeypatch, bad_step: int) -> None:
 
         return loss
 
-    monkeypatch.setattr(run, "make_loss_fn", poisoned)
+    monkeypatch.setattr(training, "make_loss_fn", poisoned)
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.evaluation import fld
-from ddpm.evaluation.frechet import gaussian_statistics
+from ddpm.metrics import fld
+from ddpm.metrics.frechet import gaussian_statistics
 
 
 def test_entropy_is_ln_k_for_uniform_classes_and_zero_for_one_class():

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ddpm.evaluation.frechet import (
+from ddpm.metrics.frechet import (
     frechet_distance,
     frechet_distance_from_features,
     gaussian_statistics,

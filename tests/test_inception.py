@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.evaluation import inception
-from ddpm.evaluation.frechet import frechet_distance_from_features
-from ddpm.evaluation.inception import (
+from ddpm.metrics import inception
+from ddpm.metrics.frechet import frechet_distance_from_features
+from ddpm.metrics.inception import (
     InceptionDownloadError,
     InceptionError,
     _preprocess,

@@ -1,4 +1,4 @@
-"""LeNet-5 and its cached, checksummed classifier (ddpm.models.lenet, ddpm.evaluation.lenet).
+"""LeNet-5 and its cached, checksummed classifier (ddpm.models.lenet, ddpm.metrics.lenet).
 
 Training runs on a real MNIST subset for two short epochs: enough to tell a network that learns (about 94 %)
 from one that does not (10 %), in a few seconds on one thread.
@@ -15,8 +15,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ddpm.data.images import DATASETS, fetch, load, to_tensor
-from ddpm.evaluation import lenet as lenet_mod
-from ddpm.evaluation.lenet import (
+from ddpm.metrics import lenet as lenet_mod
+from ddpm.metrics.lenet import (
     data_checksum,
     lenet_features,
     lenet_path,

@@ -10,7 +10,8 @@ import torch
 
 from ddpm.data.toy import shapes3_curves
 from ddpm.presets import get_preset
-from ddpm.run import load_run, sample, train
+from ddpm.run import load_run, sample, sampling_config
+from ddpm.training import train
 from tests.notebook_runner import finish, launch
 
 TIMEOUT_S = 120
@@ -69,7 +70,7 @@ def test_guidance_moves_samples_onto_their_class(tmp_path):
     cfg.train.sample_n = 100
     train(cfg, tmp_path / "run", log=lambda *_: None)
     run = load_run(tmp_path / "run")
-    run.cfg.sample.steps = 50
+    run.cfg = sampling_config(run.cfg, steps=50)
     labels = torch.arange(3).repeat_interleave(400)
     rate = {
         w: _nearer_another_curve(

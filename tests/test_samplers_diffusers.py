@@ -3,7 +3,19 @@
 Both sides see the same network, schedule, steps and noise. The schedule goes to diffusers as
 ``trained_betas``; diffusers keeps betas and ᾱ in float32, so, where its step can run in float64 (DDPM,
 DDIM), its ᾱ is replaced by ours and the two must agree to rounding. Conventions that differ by design are
-aligned here and written next to the alignment; each is also in the sampler's docstring.
+aligned here and written next to the alignment:
+
+- DDPMScheduler ("fixed_small" / "fixed_large" are our "small" / "large") adds noise whenever t > 0: when
+  the last step starts above 0 (trailing spacing) it adds σ z there too, which with "fixed_large" leaves
+  noise in the sample; ours never adds noise on the last step. Its ``clip_sample`` is on by default.
+- DDIMScheduler takes our step with ``set_alpha_to_one=True`` (else its last step ends at ᾱ_1 < 1) and only
+  visits steps a constant stride apart; with ``clip_sample`` it keeps the unclipped ε̂ unless
+  ``use_clipped_model_output=True``, where our ε̂ always agrees with the final x̂_0.
+- DPMSolverMultistepScheduler ("dpmsolver++" and "sde-dpmsolver++", order 2) with its default
+  ``final_sigmas_type="zero"`` takes a first-order last step into σ = 0 whatever ``lower_order_final`` and
+  ``euler_at_final`` say, as ours does; with "sigma_min" it stops at the noise level of step 0 instead.
+- Our "uniform" spacing is diffusers' "leading" one with an unfloored stride: they agree when the number
+  of steps divides T.
 """
 
 import pytest

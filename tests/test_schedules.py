@@ -186,3 +186,32 @@ def test_too_few_steps_for_a_rescaled_schedule_raise(name):
     with pytest.raises(ValueError, match="reaches β"):
         make_schedule(name, T)
     assert float(make_schedule(name, T + 1).betas.max()) < 1
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_respace_keeps_alpha_bar_and_links_kept_steps(name):
+    """A respaced schedule (Nichol & Dhariwal 2021, sec. 4) has the original ᾱ at the kept steps, and its
+    posterior q(x_s | x_t, x_0) between neighbouring kept steps s < t is eq. 6–7 with ᾱ_t / ᾱ_s for α_t."""
+    schedule = make_schedule(name, 1000)
+    kept = [999, 700, 512, 100, 3, 0]
+    spaced = schedule.respace(kept)
+    assert spaced.T == len(kept)
+    assert torch.equal(spaced.alpha_bar, schedule.alpha_bar[sorted(kept)])
+    for i, (s, t) in enumerate(zip(sorted(kept), sorted(kept)[1:]), start=1):
+        ab_t, ab_s = float(schedule.alpha_bar[t]), float(schedule.alpha_bar[s])
+        beta = 1 - ab_t / ab_s
+        assert float(spaced.betas[i]) == pytest.approx(beta, rel=1e-12)
+        coef1 = ab_s**0.5 * beta / (1 - ab_t)
+        coef2 = (ab_t / ab_s) ** 0.5 * (1 - ab_s) / (1 - ab_t)
+        assert float(spaced.posterior_mean_coef1[i]) == pytest.approx(coef1, rel=1e-12)
+        assert float(spaced.posterior_mean_coef2[i]) == pytest.approx(coef2, rel=1e-12)
+        assert float(spaced.posterior_variance[i]) == pytest.approx(beta * (1 - ab_s) / (1 - ab_t), rel=1e-12)
+    # the first kept step goes to x_0 itself (ᾱ = 1 before it)
+    assert spaced.alpha_bar_prev[0] == 1 and spaced.posterior_variance[0] == 0
+
+
+def test_respace_every_step_is_the_schedule():
+    schedule = make_schedule("cosine", 200)
+    spaced = schedule.respace(range(199, -1, -1))
+    for name in ("betas", "alpha_bar", "posterior_variance", "posterior_mean_coef1", "posterior_mean_coef2"):
+        torch.testing.assert_close(getattr(spaced, name), getattr(schedule, name), rtol=1e-10, atol=1e-15)

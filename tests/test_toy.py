@@ -1,4 +1,4 @@
-"""Tests for the 2-D toy datasets (ddpm.data.toy) and the point-cloud metrics (ddpm.evaluation.points)."""
+"""Tests for the 2-D toy datasets (ddpm.data.toy) and the point-cloud metrics (ddpm.metrics.points)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from ddpm.data.toy import (
     spiral_curve_derivative,
     spiral_curve_second_derivative,
 )
-from ddpm.evaluation import points as pts
-from ddpm.evaluation.points import (
+from ddpm.metrics import points as pts
+from ddpm.metrics.points import (
     distance_to_spiral,
     energy_distance,
     energy_distance_with_floor,

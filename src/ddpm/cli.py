@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ddpm import plotting, run
-from ddpm.config import Config, ConfigError, apply_overrides, validate
+from ddpm.config import Config, ConfigError, apply_overrides
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.distributed import PeerFailed
-from ddpm.evaluation.inception import InceptionError
+from ddpm.metrics.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
+from ddpm.samplers import SAMPLERS, SPACINGS, get_sampler
 
 
 def _config_from_args(args) -> Config:
@@ -40,8 +41,10 @@ def _config_from_args(args) -> Config:
 
 
 def cmd_train(args) -> int:
+    from ddpm.training import train
+
     cfg = _config_from_args(args)
-    metrics = run.train(cfg, Path(args.out), restart=args.restart)
+    metrics = train(cfg, Path(args.out), restart=args.restart)
     if metrics is not None:  # None: a rank other than 0 of a torchrun job
         print(json.dumps(metrics, indent=2))
     return 0
@@ -49,35 +52,18 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     loaded = run.load_run(Path(args.run), weights=args.weights, device=args.device)
-    cfg = loaded.cfg
-    if args.sampler:
-        cfg.sample.sampler = args.sampler
-    if args.steps is not None:
-        cfg.sample.steps = args.steps
-    if args.spacing is not None:
-        cfg.sample.spacing = args.spacing
-    if args.eta is not None:
-        cfg.sample.eta = args.eta
-    validate(cfg)
-    num_classes = cfg.model.kwargs.get("num_classes")
-    if args.label is not None and (num_classes is None or not 0 <= args.label < num_classes):
-        why = "an unconditional model" if num_classes is None else f"labels 0…{num_classes - 1}"
-        raise ConfigError(f"--label {args.label}: the run has {why}")
+    cfg = run.sampling_config(
+        loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta
+    )
+    run.check_labels(cfg, args.label, args.guidance)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
     for path in filter(None, (out, gif)):
         if path.is_dir():
             raise run.RunError(f"{path}: is a folder, expected a file name")
         if not path.parent.is_dir():  # found now, not after minutes of sampling
             raise run.RunError(f"{path}: {path.parent} is not a folder")
-    frames = []
-    n_frames = 60
-    T = loaded.schedule.T
-    keep = max(1, (cfg.sample.steps or T) // n_frames)
-
-    def callback(i, t, x, x0):
-        if i % keep == 0 or t == 0:
-            frames.append((t, x[: min(len(x), 2000 if not run.is_image(cfg) else 64)].cpu()))
-
+    image = run.is_image(cfg)
+    frames = run.ReverseFrames.about(60, cfg, keep=64 if image else 2000) if gif else None
     x = run.sample(
         cfg,
         loaded.model,
@@ -85,20 +71,20 @@ def cmd_sample(args) -> int:
         args.n,
         seed=args.seed,
         label=args.label,
-        callback=callback if gif else None,
+        callback=frames,
         guidance=args.guidance,
     ).cpu()
     if out.suffix == ".npy":
         np.save(out, x.numpy())
-    elif run.is_image(cfg):
+    elif image:
         plotting.save_grid(out, x, nrow=math.ceil(math.sqrt(args.n)))
     else:
         plotting.save_scatter(out, x, title=f"{args.n} samples, step {loaded.step}")
     if gif:
-        if run.is_image(cfg):
-            plotting.grid_gif(gif, [f for _, f in frames])
+        if image:
+            plotting.grid_gif(gif, frames.states)
         else:
-            plotting.points_gif(gif, [f for _, f in frames], [f"t = {t}" for t, _ in frames])
+            plotting.points_gif(gif, frames.states, [f"t = {t}" for t in frames.t])
     print(f"wrote {out}" + (f" and {gif}" if gif else ""))
     return 0
 
@@ -232,9 +218,13 @@ def cmd_sweep(args) -> int:
     from ddpm.evaluate import sweep_run
 
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    unknown = [s for s in samplers if s not in run.SAMPLERS]
-    if unknown or not samplers:
-        raise ConfigError(f"--samplers {args.samplers!r}: choose from {', '.join(run.SAMPLERS)}")
+    try:
+        if not samplers:
+            raise ValueError(f"choose from {', '.join(SAMPLERS)}")
+        for name in samplers:
+            get_sampler(name)
+    except ValueError as e:
+        raise ConfigError(f"--samplers {args.samplers!r}: {e}") from None
     result = sweep_run(
         Path(args.run),
         n=args.n,
@@ -261,7 +251,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_lenet_train(args) -> int:
     from ddpm.data.images import data_root
-    from ddpm.evaluation.lenet import load_lenet
+    from ddpm.metrics.lenet import load_lenet
 
     result = load_lenet(
         args.dataset,
@@ -286,9 +276,7 @@ def cmd_lenet_train(args) -> int:
 
 def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's") -> None:
     """--sampler, --steps, --spacing, --eta and --guidance, shared by sample, eval and sweep."""
-    from ddpm.samplers import SPACINGS
-
-    p.add_argument("--sampler", choices=list(run.SAMPLERS), help="default: the run's (ddpm)")
+    p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's (ddpm)")
     p.add_argument("--steps", type=int, help=f"sampling steps (default: {default_steps})")
     p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
     p.add_argument("--eta", type=float, help="DDIM's η in [0, 1] (default 0: deterministic)")
@@ -354,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
     p.add_argument("--n", type=int, default=1000, help="samples per point (default 1000)")
     p.add_argument("--full-n", type=int, help="samples for the full-T DDPM point (default: --n)")
-    p.add_argument("--samplers", default=",".join(run.SAMPLERS), help="comma-separated (default: all)")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default: all)")
     p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts (T is always added)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
     p.add_argument("--seed", type=int, default=0)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ddpm.registry import check_name
 from ddpm.schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -147,14 +148,13 @@ def x0_eps_from_output(
     ``threshold`` (a percentile such as 0.995) first applies :func:`dynamic_threshold`, which already maps
     x̂_0 into [−1, 1], so a ``clip_x0`` ≥ 1 given as well changes nothing; ε̂ is recomputed the same way.
     """
+    check_name("prediction", prediction, PREDICTIONS)
     if prediction == "eps":
         eps, x0 = output, predict_x0_from_eps(x_t, t, output, schedule)
     elif prediction == "x0":
         x0, eps = output, predict_eps_from_x0(x_t, t, output, schedule)
-    elif prediction == "v":
-        x0, eps = x0_from_v(x_t, t, output, schedule), eps_from_v(x_t, t, output, schedule)
     else:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        x0, eps = x0_from_v(x_t, t, output, schedule), eps_from_v(x_t, t, output, schedule)
     if threshold is not None:
         x0 = dynamic_threshold(x0, threshold)
     if clip_x0 is not None:
@@ -165,6 +165,19 @@ def x0_eps_from_output(
 
 
 # --- The reverse process -------------------------------------------------------------------------------
+
+
+def p_variance(schedule: Schedule, variance: str = "small") -> torch.Tensor:
+    """The fixed reverse-process variance σ_t² for every t, float64 of shape (T,)  (Ho et al. 2020, sec. 3.2).
+
+    "small": σ_t² = β̃_t, optimal for deterministic x_0; "large": σ_t² = β_t, optimal for x_0 ~ N(0, I), with
+    β_1 replaced by β̃_2 as in Ho et al.'s code, so that log σ_1² stays finite and small.
+    """
+    check_name("variance", variance, VARIANCES)
+    if variance == "small":
+        return schedule.posterior_variance
+    first = schedule.posterior_variance[1:2] if schedule.T > 1 else schedule.betas[:1]
+    return torch.cat([first, schedule.betas[1:]])
 
 
 def p_mean_variance(
@@ -179,20 +192,15 @@ def p_mean_variance(
     """The learned reverse step p_θ(x_{t−1} | x_t) = N(μ_θ, σ_t² I)  (Ho et al. 2020, eq. 1 and sec. 3.2).
 
     μ_θ is the posterior mean (eq. 7) evaluated at the predicted x̂_0, which for ε-prediction is exactly
-    eq. 11: μ_θ = (x_t − β_t / √(1 − ᾱ_t) · ε_θ) / √α_t. The variance is fixed: σ_t² = β̃_t ("small",
-    optimal for deterministic x_0) or σ_t² = β_t ("large", optimal for x_0 ~ N(0, I)); sec. 3.2.
+    eq. 11: μ_θ = (x_t − β_t / √(1 − ᾱ_t) · ε_θ) / √α_t; σ_t² is :func:`p_variance`.
     Returns (mean, variance, log-variance, x̂_0).
     """
     x0, _ = x0_eps_from_output(output, x_t, t, schedule, prediction, clip_x0)
     mean, post_var, post_log_var = q_posterior_mean_variance(x0, x_t, t, schedule)
-    if variance == "small":
+    if variance == "small":  # β̃_1 = 0: its log is the clipped one of the schedule
         return mean, post_var, post_log_var, x0
-    if variance == "large":
-        # β_1 is replaced by β̃_2 as in Ho et al.'s code, so that log σ_1² stays finite and small.
-        first = schedule.posterior_variance[1:2] if schedule.T > 1 else schedule.betas[:1]
-        betas = torch.cat([first, schedule.betas[1:]])
-        return mean, extract(betas, t, x_t), extract(betas.log(), t, x_t), x0
-    raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    var = p_variance(schedule, variance)
+    return mean, extract(var, t, x_t), extract(var.log(), t, x_t), x0
 
 
 def p_sample_step(
@@ -209,9 +217,10 @@ def p_sample_step(
 
     Returns (x_{t−1}, x̂_0).
     """
-    mean, _, log_var, x0 = p_mean_variance(output, x_t, t, schedule, prediction, variance, clip_x0)
+    mean, _, _, x0 = p_mean_variance(output, x_t, t, schedule, prediction, variance, clip_x0)
+    sigma = extract(p_variance(schedule, variance).sqrt(), t, x_t)
     nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
-    return mean + nonzero * (0.5 * log_var).exp() * noise, x0
+    return mean + nonzero * sigma * noise, x0
 
 
 # --- Training -------------------------------------------------------------------------------------------
@@ -221,13 +230,12 @@ def training_target(
     x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: Schedule, prediction: str
 ):
     """What the network regresses: ε (Ho et al. 2020, eq. 14), x_0, or v (Salimans & Ho 2022)."""
+    check_name("prediction", prediction, PREDICTIONS)
     if prediction == "eps":
         return noise
     if prediction == "x0":
         return x0
-    if prediction == "v":
-        return v_from_x0_eps(x0, noise, t, schedule)
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    return v_from_x0_eps(x0, noise, t, schedule)
 
 
 def min_snr_weight(t: torch.Tensor, schedule: Schedule, prediction: str, gamma: float | None) -> torch.Tensor:

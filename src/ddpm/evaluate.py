@@ -20,14 +20,20 @@ import numpy as np
 import torch
 
 from ddpm import plotting
-from ddpm.config import validate
 from ddpm.data import IMAGE_SETS
 from ddpm.data import images as image_data
-from ddpm.evaluation import fld as fld_metrics
-from ddpm.evaluation.frechet import frechet_distance, gaussian_statistics
-from ddpm.evaluation.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
 from ddpm.fileio import atomic_write_text
-from ddpm.run import RunError, load_run, sample
+from ddpm.metrics.fld import (
+    class_entropy,
+    class_histogram,
+    fld,
+    precision_recall,
+    random_subset,
+    uniform_noise_images,
+)
+from ddpm.metrics.frechet import frechet_distance, gaussian_statistics
+from ddpm.metrics.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
+from ddpm.run import RunError, check_labels, load_run, sample, sample_steps, sampling_config
 from ddpm.samplers import SAMPLERS
 
 EVAL_DIR = "eval"
@@ -107,18 +113,16 @@ def measure_samples(
     k = len(image_data.dataset_info(reference.dataset).classes)
     report = {
         "dataset": reference.dataset,
-        "fld": fld_metrics.fld(lenet_features(model, x, progress=progress), stats),
-        "fld_train_test": fld_metrics.fld(
-            lenet_features(model, fld_metrics.random_subset(reference.train_x, n, seed)), stats
+        "fld": fld(lenet_features(model, x, progress=progress), stats),
+        "fld_train_test": fld(lenet_features(model, random_subset(reference.train_x, n, seed)), stats),
+        "fld_noise_test": fld(
+            lenet_features(model, uniform_noise_images(n, tuple(x.shape[1:]), seed)), stats
         ),
-        "fld_noise_test": fld_metrics.fld(
-            lenet_features(model, fld_metrics.uniform_noise_images(n, tuple(x.shape[1:]), seed)), stats
-        ),
-        "class_entropy": fld_metrics.class_entropy(predicted, k),
-        "class_histogram": fld_metrics.class_histogram(predicted, k).tolist(),
+        "class_entropy": class_entropy(predicted, k),
+        "class_histogram": class_histogram(predicted, k).tolist(),
     }
     if requested is not None:
-        report["precision"], report["recall"] = fld_metrics.precision_recall(requested.numpy(), predicted, k)
+        report["precision"], report["recall"] = precision_recall(requested.numpy(), predicted, k)
     return report
 
 
@@ -147,31 +151,15 @@ def evaluate_run(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     loaded = load_run(run_dir, weights="ema", device=device)
-    cfg = loaded.cfg
-    if batch_size is None:  # on 2 CPU cores, batches of 100 sampled 1.8x faster than batches of 1000
-        batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
-    dataset = cfg.data.name
-    if sampler is not None:
-        if sampler not in SAMPLERS:
-            raise RunError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        cfg.sample.sampler = sampler
-    if spacing is not None:
-        cfg.sample.spacing = spacing
-    if eta is not None:
-        cfg.sample.eta = eta
-    validate(cfg)
-    T = loaded.schedule.T
-    if steps is not None:
-        if not 1 <= steps <= T:
-            raise RunError(f"--steps {steps}: choose 1 … {T} (the run's T)")
-        cfg.sample.steps = None if steps == T else steps
-    steps = cfg.sample.steps or T
-    num_classes = cfg.model.kwargs.get("num_classes")
-    if guidance is not None and not num_classes:
-        raise RunError("guidance needs a class-conditional run (model.kwargs.num_classes)")
-    name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta)
-
+    cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, eta=eta)
+    num_classes = cfg.model.num_classes
     requested = torch.arange(n) % num_classes if num_classes else None
+    check_labels(cfg, requested, guidance)
+    if batch_size is None:  # smaller batches sample faster on a CPU (docs/results.md)
+        batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
+    steps = sample_steps(cfg)
+    name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta)
+    dataset = cfg.data.name
     if reference is None or reference.dataset != dataset:
         reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
     reference.check(n)
@@ -220,9 +208,9 @@ def standard_fid(
     """FID (Heusel et al. 2017) of ``x`` against the test set on Inception-v3 pool features.
 
     The test set's statistics are computed once and cached next to the data, keyed by the Inception
-    weights and the data checksum. Slow on a CPU (see :mod:`ddpm.evaluation.inception`).
+    weights and the data checksum. Slow on a CPU (see :mod:`ddpm.metrics.inception`).
     """
-    from ddpm.evaluation.inception import (
+    from ddpm.metrics.inception import (
         INCEPTION_SHA256,
         inception_features,
         inception_weights,

@@ -8,11 +8,12 @@ paper's step ``t + 1``: ``betas[0]`` is β_1 and ``alpha_bar[T - 1]`` is ᾱ_T.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
-SCHEDULES = ("linear", "scaled_linear", "cosine", "sigmoid")
+from ddpm.registry import check_name
 
 
 def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -68,6 +69,15 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
+# name → β_1 … β_T as a function of T
+SCHEDULES = {
+    "linear": linear_betas,
+    "scaled_linear": scaled_linear_betas,
+    "cosine": cosine_betas,
+    "sigmoid": sigmoid_betas,
+}
+
+
 @dataclass(frozen=True)
 class Schedule:
     """A noise schedule and its derived coefficients (Ho et al. 2020, sec. 2 and eq. 4, 6, 7, 15).
@@ -98,12 +108,22 @@ class Schedule:
     def from_betas(cls, betas: torch.Tensor) -> Schedule:
         """Derive every coefficient from β, in float64."""
         betas = betas.to(torch.float64)
+        alphas = 1 - betas
+        return cls._derive(betas, alphas, torch.cumprod(alphas, 0))
+
+    @classmethod
+    def from_alpha_bar(cls, alpha_bar: torch.Tensor) -> Schedule:
+        """Derive every coefficient from ᾱ, in float64: α_t = ᾱ_t / ᾱ_{t−1} and β_t = 1 − α_t."""
+        alpha_bar = alpha_bar.to(torch.float64)
+        alphas = alpha_bar / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        return cls._derive(1 - alphas, alphas, alpha_bar)
+
+    @classmethod
+    def _derive(cls, betas: torch.Tensor, alphas: torch.Tensor, alpha_bar: torch.Tensor) -> Schedule:
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError("betas must be a non-empty 1-D tensor")
         if not bool(((betas > 0) & (betas <= 1)).all()):
             raise ValueError(f"every beta must lie in (0, 1], got {betas.min():.3g} … {betas.max():.3g}")
-        alphas = 1 - betas
-        alpha_bar = torch.cumprod(alphas, 0)
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
         # β̃_1 = 0 (x_0 is known exactly given x_1 and x_0); its log is clipped to the next value.
@@ -127,6 +147,13 @@ class Schedule:
             log_snr=snr.log(),
         )
 
+    def respace(self, timesteps: Sequence[int]) -> Schedule:
+        """The schedule of the steps ``timesteps`` alone, as if the others had never been there (Nichol &
+        Dhariwal 2021, sec. 4): ᾱ is kept at those steps and β_t = 1 − ᾱ_t / ᾱ_s links each to the kept step
+        s before it, so every coefficient, the posterior of eq. 6–7 among them, goes from one kept step to
+        the next. Index i of the result is the (i + 1)-th smallest of ``timesteps``."""
+        return Schedule.from_alpha_bar(self.alpha_bar[sorted(int(t) for t in timesteps)])
+
     def to(self, device: torch.device | str) -> Schedule:
         """The same schedule with every tensor on ``device`` (kept in float64)."""
         return Schedule(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -134,17 +161,10 @@ class Schedule:
 
 def make_schedule(name: str = "linear", T: int = 1000, zero_terminal_snr: bool = False, **kwargs) -> Schedule:
     """Build a schedule by name: ``linear``, ``scaled_linear``, ``cosine`` or ``sigmoid``."""
-    builders = {
-        "linear": linear_betas,
-        "scaled_linear": scaled_linear_betas,
-        "cosine": cosine_betas,
-        "sigmoid": sigmoid_betas,
-    }
-    if name not in builders:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    check_name("schedule", name, SCHEDULES)
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"the number of steps T must be a positive integer, got {T!r}")
-    betas = builders[name](T, **kwargs)
+    betas = SCHEDULES[name](T, **kwargs)
     if betas.max() >= 1:  # the 1000/T-scaled ends of the linear-type schedules pass 1 for T ≤ 20 or so
         raise ValueError(
             f"the {name} schedule at T = {T} reaches β = {float(betas.max()):.3g} ≥ 1, where ᾱ vanishes "

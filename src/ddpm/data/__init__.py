@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ddpm.config import DataConfig
+from ddpm.registry import check_name
 
 IMAGE_SETS = ("mnist", "fashion-mnist")
 
@@ -26,10 +27,24 @@ class Dataset:
         return self.x.ndim == 4
 
 
+def _point_sets() -> tuple[str, ...]:
+    from ddpm.data import toy
+
+    return (*toy.TOY_DATASETS, *toy.LABELLED_TOY_DATASETS)
+
+
+def sample_shape(cfg: DataConfig) -> tuple[int, ...]:
+    """The shape of one sample of the data set ``cfg`` names: (2,) for 2-D points, (C, H, W) for images."""
+    points = _point_sets()
+    check_name("data set", cfg.name, (*points, *IMAGE_SETS, "folder"))
+    return (2,) if cfg.name in points else (cfg.channels, cfg.image_size, cfg.image_size)
+
+
 def load_dataset(cfg: DataConfig, split: str = "train", progress: bool = True) -> Dataset:
     """Load the data set a config names (fetching MNIST-like sets on first use)."""
     from ddpm.data import toy
 
+    sample_shape(cfg)  # a known name
     if cfg.name in toy.TOY_DATASETS:
         x = toy.make_toy(cfg.name, cfg.n_samples, seed=cfg.data_seed, noise=cfg.noise)
         return Dataset(x, None, None)
@@ -43,14 +58,9 @@ def load_dataset(cfg: DataConfig, split: str = "train", progress: bool = True) -
         arrays, labels = images.load(cfg.name, split=split, root=cfg.root)
         names = list(images.DATASETS[cfg.name].classes)
         return Dataset(images.to_tensor(arrays), torch.as_tensor(labels, dtype=torch.long), len(names), names)
-    if cfg.name == "folder":
-        from ddpm.data import folder
+    from ddpm.data import folder  # "folder"
 
-        if not cfg.root:
-            raise ValueError("data.root must name the image folder when data.name is 'folder'")
-        x, y, names = folder.load_folder(
-            cfg.root, size=cfg.image_size, channels=cfg.channels, progress=progress
-        )
-        return Dataset(x, y, len(names) if names else None, names)
-    choices = ", ".join([*toy.TOY_DATASETS, *toy.LABELLED_TOY_DATASETS, *IMAGE_SETS, "folder"])
-    raise ValueError(f"unknown data set {cfg.name!r}; choose one of {choices}")
+    if not cfg.root:
+        raise ValueError("data.root must name the image folder when data.name is 'folder'")
+    x, y, names = folder.load_folder(cfg.root, size=cfg.image_size, channels=cfg.channels, progress=progress)
+    return Dataset(x, y, len(names) if names else None, names)

@@ -19,6 +19,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
+from torch import nn
 
 from ddpm.fileio import write_synced
 
@@ -214,3 +215,16 @@ def optimizer_from_tensors(
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights into ``model``, with a one-line error when they belong to another model or config."""
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+    bad_shape = [k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape]
+    if missing or unexpected or bad_shape:
+        detail = sorted(missing)[:1] or sorted(unexpected)[:1] or bad_shape[:1]
+        raise CheckpointError(
+            f"{source}: these weights belong to another model or config (first mismatch: {detail[0]})"
+        )
+    model.load_state_dict(tensors)

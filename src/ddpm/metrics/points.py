@@ -8,15 +8,21 @@
 * ``energy_distance_with_floor`` / ``points_metrics``: the energy distance of generated points to a
   fresh draw of the data, next to the floor given by two independent draws of the same size (what a
   perfect sampler would score with that many points).
+* ``points_report``: what ``ddpm train`` measures at the end of a 2-D run: those metrics and the
+  variational bound on held-out points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
+from ddpm.config import Config
+from ddpm.data import load_dataset
 from ddpm.data.toy import (
     SPIRAL_BOUNDS,
     THETA_MAX,
@@ -26,6 +32,7 @@ from ddpm.data.toy import (
     spiral_curve_derivative,
     spiral_curve_second_derivative,
 )
+from ddpm.diffusion import bits_per_dim
 
 __all__ = [
     "CURVES",
@@ -35,6 +42,7 @@ __all__ = [
     "energy_distance",
     "energy_distance_with_floor",
     "points_metrics",
+    "points_report",
 ]
 
 # Coarse search grid over theta. Its cell (~0.005 rad, <0.007 in normalised arc length) is far below
@@ -244,3 +252,25 @@ def points_metrics(generated, dataset_name: str, seed: int = 0, noise: float = 0
         )
     )
     return out
+
+
+def points_report(cfg: Config, model: nn.Module, schedule, samples: torch.Tensor) -> dict[str, float]:
+    """The end-of-training metrics of a 2-D run: :func:`points_metrics` of ``samples`` and the negative
+    log-likelihood bound in bits per dimension on held-out points (Ho et al. 2020, eq. 5)."""
+    metrics = points_metrics(samples.cpu(), cfg.data.name, seed=cfg.seed + 2)
+    device = next(model.parameters()).device
+    held_out = load_dataset(
+        dataclasses.replace(cfg.data, n_samples=cfg.sample.eval_n, data_seed=cfg.seed + 3)
+    ).x
+    generator = torch.Generator(device).manual_seed(cfg.seed + 4)
+    nll = bits_per_dim(
+        model,
+        held_out.to(device),
+        schedule,
+        cfg.diffusion.prediction,
+        cfg.diffusion.variance,
+        discrete=False,
+        generator=generator,
+    )
+    metrics["nll_bits_per_dim"] = nll["total"].mean().item()
+    return metrics

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ddpm.evaluation.frechet import frechet_distance, gaussian_statistics
+from ddpm.metrics.frechet import frechet_distance, gaussian_statistics
 
 
 def uniform_noise_images(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

