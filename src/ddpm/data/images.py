@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm.data.idx import IdxError, read_idx
+from ddpm.fileio import atomic_path
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -295,14 +296,14 @@ def _fill(
     names = list(names)
     tried = []
     for label, provider in _sources(info, source_dir, allow_apt):
-        # Staging inside the target folder keeps the final os.replace on one filesystem.
+        # Downloads are staged inside the target folder; _install then places each good copy atomically.
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as tmp:
             try:
                 found = provider(list(names), Path(tmp), progress)
             except (OSError, subprocess.SubprocessError, tarfile.TarError, DatasetError) as exc:
                 tried.append(f"{label} ({_reason(exc)})")
                 continue
-            placed = [n for n, path in found.items() if _install(path, folder / n, info, Path(tmp), progress)]
+            placed = [n for n, path in found.items() if _install(path, folder / n, info, progress)]
         if placed and progress:
             _report(f"ddpm: {info.name}: placed {', '.join(placed)} from {label}")
         names = [n for n in names if n not in placed]
@@ -329,18 +330,23 @@ def _sources(info: DatasetInfo, source_dir, allow_apt: bool) -> list[tuple[str, 
     return sources
 
 
-def _install(candidate: Path, dest: Path, info: DatasetInfo, staging: Path, progress: bool) -> bool:
-    """Copy (decompressing ``.gz``) to a temp file, verify it, then atomically move it into place."""
-    tmp = staging / (dest.name + ".part")
+class _NotUsed(Exception):
+    """A candidate copy that must not replace the cached file; the message says why."""
+
+
+def _install(candidate: Path, dest: Path, info: DatasetInfo, progress: bool) -> bool:
+    """Copy (decompressing ``.gz``) to a temporary file, verify it, then atomically move it into place."""
     try:
-        digest = _copy_hashing(candidate, tmp, progress)
-    except (OSError, EOFError, zlib.error) as exc:
-        _report(f"ddpm: cannot read {candidate} ({_reason(exc)}); not used")
+        with atomic_path(dest) as tmp:
+            try:
+                digest = _copy_hashing(candidate, tmp, progress)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise _NotUsed(f"cannot read {candidate} ({_reason(exc)})") from exc
+            if digest != info.sha256[dest.name]:
+                raise _NotUsed(f"{candidate} failed its SHA-256 check (corrupted or truncated)")
+    except _NotUsed as exc:
+        _report(f"ddpm: {exc}; not used")
         return False
-    if digest != info.sha256[dest.name]:
-        _report(f"ddpm: {candidate} failed its SHA-256 check (corrupted or truncated); not used")
-        return False
-    os.replace(tmp, dest)
     _remember(dest, digest)
     return True
 

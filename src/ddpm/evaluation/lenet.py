@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ddpm.data.images import SPLITS, data_root, dataset_info, load, to_tensor
+from ddpm.fileio import atomic_path
 from ddpm.models.lenet import LeNet5
 from ddpm.progress import progress_bar
 
@@ -244,14 +245,8 @@ def _read(path: Path, checksum: str) -> tuple[LeNet5, dict]:
 
 
 def _write(path: Path, model: LeNet5, meta: dict[str, str]) -> None:
-    """Write the weights and metadata under a temporary name, fsync, then rename into place."""
+    """Write the weights and metadata atomically (:func:`ddpm.fileio.atomic_path`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
