@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.data.idx import IdxError, read_idx
 from ddpm.fileio import atomic_path
+from ddpm.progress import progress_bar
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -339,7 +339,7 @@ def _install(candidate: Path, dest: Path, info: DatasetInfo, progress: bool) -> 
     try:
         with atomic_path(dest) as tmp:
             try:
-                digest = _copy_hashing(candidate, tmp, progress)
+                digest = _copy_hashing(candidate, tmp, dest.name, progress)
             except (OSError, EOFError, zlib.error) as exc:
                 raise _NotUsed(f"cannot read {candidate} ({_reason(exc)})") from exc
             if digest != info.sha256[dest.name]:
@@ -351,30 +351,19 @@ def _install(candidate: Path, dest: Path, info: DatasetInfo, progress: bool) -> 
     return True
 
 
-def _copy_hashing(source: Path, dest: Path, progress: bool) -> str:
-    """Copy ``source`` to ``dest`` (gunzipping ``.gz``) with a progress bar; return the SHA-256."""
+def _copy_hashing(source: Path, dest: Path, label: str, progress: bool) -> str:
+    """Copy ``source`` to ``dest`` (gunzipping ``.gz``) with a progress bar named ``label``; return the
+    SHA-256."""
     digest = hashlib.sha256()
     total = None if source.suffix == ".gz" else source.stat().st_size
     opener = gzip.open if source.suffix == ".gz" else open
-    with opener(source, "rb") as src, dest.open("wb") as out, _bar(total, dest.stem, progress) as bar:
+    bar = progress_bar(total=total, desc=label, count_bytes=True, disable=not progress, leave=False)
+    with opener(source, "rb") as src, dest.open("wb") as out, bar:
         for block in iter(lambda: src.read(CHUNK), b""):
             digest.update(block)
             out.write(block)
             bar.update(len(block))
     return digest.hexdigest()
-
-
-def _bar(total: int | None, name: str, progress: bool) -> tqdm:
-    """A byte-counting progress bar (silent when ``progress`` is false)."""
-    return tqdm(
-        total=total,
-        desc=name,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        disable=not progress,
-        leave=False,
-    )
 
 
 def _from_dir(folder: Path, names: list[str], staging: Path, progress: bool) -> dict[str, Path]:
@@ -412,7 +401,9 @@ def _download(url: str, dest: Path, progress: bool) -> Path:
     """Stream ``url`` to ``dest`` with a progress bar."""
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with _bar(total, dest.name, progress) as bar:
+        with progress_bar(
+            total=total, desc=dest.name, count_bytes=True, disable=not progress, leave=False
+        ) as bar:
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))
