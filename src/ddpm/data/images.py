@@ -133,6 +133,7 @@ DATASETS: dict[str, DatasetInfo] = {
         debian_dir="/usr/share/datasets/fashion-mnist",
     ),
 }
+IMAGE_SETS: tuple[str, ...] = tuple(DATASETS)  # the one list of names, for callers and the CLI's choices
 
 # (resolved path, size, mtime_ns, inode) -> SHA-256, so repeated loads in one process hash once.
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
@@ -199,7 +200,7 @@ def load(
     else refused with :class:`DatasetError`.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+        raise ValueError(f"unknown split {split!r}; choose {' or '.join(map(repr, SPLITS))}")
     info = dataset_info(name)
     folder = dataset_dir(name, root)
     image_file, label_file = SPLITS[split]

@@ -54,8 +54,8 @@ def data_checksum(dataset: str) -> str:
     """One SHA-256 over the dataset's four recorded file digests (train then test; images then labels)."""
     info = dataset_info(dataset)
     digest = hashlib.sha256()
-    for split in ("train", "test"):
-        for name in SPLITS[split]:
+    for names in SPLITS.values():
+        for name in names:
             digest.update(f"{name}:{info.sha256[name]}\n".encode())
     return digest.hexdigest()
 
