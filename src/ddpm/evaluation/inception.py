@@ -200,9 +200,7 @@ def inception_features(model, images, batch_size: int = 50, progress: bool = Tru
     """(N, 2048) float64 Inception pool features of float images (N, 1 or 3, H, W) in [-1, 1].
 
     Batches go through :func:`_preprocess` and the model on the model's device, under ``no_grad``.
-    Slow on CPU: on this project's 2-core machine, 32 grey 28x28 images ran at about 2 images/s with one
-    torch thread (1.8 at batch 32, 2.4 at batch 8) and 1.4-1.5 images/s with two, the second core being
-    busy with another job (so the two-thread figure is only indicative). 10k images: over an hour.
+    Slow on a CPU (speeds measured in ``docs/results.md``, "Standard FID").
     """
     images = torch.as_tensor(images)
     if images.ndim != 4 or not images.is_floating_point():
