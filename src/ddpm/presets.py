@@ -16,7 +16,7 @@ from ddpm.config import (
 
 
 def spiral() -> Config:
-    """The 2-D spiral with the default (residual) MLP: trains in well under a minute on 2 CPU cores."""
+    """The 2-D spiral with the default (residual) MLP: quick on a CPU (times in ``docs/results.md``)."""
     return Config(
         data=DataConfig(name="spiral"),
         model=ModelConfig("mlp", {"hidden": 128, "layers": 4}),
@@ -51,8 +51,7 @@ def spiral_series() -> Config:
 
 def shapes3_cond() -> Config:
     """The spiral's MLP told the class of ``shapes3`` (spiral, s-curve, moons on top of one another), with
-    15 % label dropout for classifier-free guidance. 4,000 steps: 63 s of training on 1 CPU thread
-    (measured on a busy 2-core machine; notebook 3.1)."""
+    15 % label dropout for classifier-free guidance (notebook 3.1)."""
     cfg = spiral()
     cfg.data = DataConfig(name="shapes3", n_samples=90_000)  # 30,000 points per class
     cfg.model.kwargs["num_classes"] = 3
@@ -76,8 +75,8 @@ def toy(name: str) -> Callable[[], Config]:
 
 def _mnist(model: ModelConfig, dataset: str = "mnist", **diffusion) -> Config:
     """Common recipe of the image presets: batch 64, AdamW with warm-up and cosine decay, EMA, a sample
-    grid every 500 steps. The default budget (3,000 steps) is about 40 minutes of the UNet on 2 CPU cores;
-    on a GPU raise it with ``--max-steps``."""
+    grid every 500 steps. The default budget of 3,000 steps suits a CPU (speeds in ``docs/results.md``); on a
+    GPU raise it with ``--max-steps``."""
     return Config(
         data=DataConfig(name=dataset, image_size=28, channels=1),
         model=model,
@@ -101,7 +100,7 @@ def _mnist(model: ModelConfig, dataset: str = "mnist", **diffusion) -> Config:
 
 def _series(time_conditioning: bool) -> Config:
     cfg = _mnist(ModelConfig("series_unet", {"time_conditioning": time_conditioning}), schedule="linear")
-    # The small UNets learn faster at 4× the big UNet's rate (measured: clean strokes after 2,000 steps).
+    # The small UNets learn faster at 4× the big UNet's rate (docs/results.md, "The demo model").
     cfg.train.lr = 2e-3
     return cfg
 
@@ -126,8 +125,8 @@ UNET = {
 }
 
 
-# The UNet presets weight the ε-loss by Min-SNR-5 (Hang et al. 2023): on MNIST it cut FLD by a third
-# against plain MSE at the same budget (benchmarks/README.md, "The recipe search").
+# The UNet presets weight the ε-loss by Min-SNR-5 (Hang et al. 2023): on MNIST it beat plain MSE at the same
+# budget (benchmarks/README.md, "The recipe search").
 UNET_MIN_SNR_GAMMA = 5.0
 
 

@@ -16,7 +16,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+
+from ddpm.progress import progress_bar
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 MAX_PIXELS = 100_000_000  # larger images are refused as likely decompression bombs
@@ -61,7 +62,8 @@ def load_folder(
     files, labels, class_names = _collect(root, extensions)
     mode = "L" if channels == 1 else "RGB"
     pixels = np.empty((len(files), size, size, channels), dtype=np.uint8)
-    for i, file in enumerate(tqdm(files, desc=f"loading {root.name}", unit="img", disable=not progress)):
+    bar = progress_bar(iterable=files, desc=f"loading {root.name}", unit="img", disable=not progress)
+    for i, file in enumerate(bar):
         pixels[i] = _load_image(file, size, mode).reshape(size, size, channels)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().float().div_(127.5).sub_(1.0)
     label_tensor = None if labels is None else torch.tensor(labels, dtype=torch.int64)

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ddpm.data.idx import IdxError, read_idx
+from ddpm.fileio import atomic_path
+from ddpm.progress import progress_bar
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -132,6 +133,7 @@ DATASETS: dict[str, DatasetInfo] = {
         debian_dir="/usr/share/datasets/fashion-mnist",
     ),
 }
+IMAGE_SETS: tuple[str, ...] = tuple(DATASETS)  # the one list of names, for callers and the CLI's choices
 
 # (resolved path, size, mtime_ns, inode) -> SHA-256, so repeated loads in one process hash once.
 _DIGESTS: dict[tuple[str, int, int, int], str] = {}
@@ -198,7 +200,7 @@ def load(
     else refused with :class:`DatasetError`.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+        raise ValueError(f"unknown split {split!r}; choose {' or '.join(map(repr, SPLITS))}")
     info = dataset_info(name)
     folder = dataset_dir(name, root)
     image_file, label_file = SPLITS[split]
@@ -295,14 +297,14 @@ def _fill(
     names = list(names)
     tried = []
     for label, provider in _sources(info, source_dir, allow_apt):
-        # Staging inside the target folder keeps the final os.replace on one filesystem.
+        # Downloads are staged inside the target folder; _install then places each good copy atomically.
         with tempfile.TemporaryDirectory(prefix=".fetch-", dir=folder) as tmp:
             try:
                 found = provider(list(names), Path(tmp), progress)
             except (OSError, subprocess.SubprocessError, tarfile.TarError, DatasetError) as exc:
                 tried.append(f"{label} ({_reason(exc)})")
                 continue
-            placed = [n for n, path in found.items() if _install(path, folder / n, info, Path(tmp), progress)]
+            placed = [n for n, path in found.items() if _install(path, folder / n, info, progress)]
         if placed and progress:
             _report(f"ddpm: {info.name}: placed {', '.join(placed)} from {label}")
         names = [n for n in names if n not in placed]
@@ -329,46 +331,40 @@ def _sources(info: DatasetInfo, source_dir, allow_apt: bool) -> list[tuple[str, 
     return sources
 
 
-def _install(candidate: Path, dest: Path, info: DatasetInfo, staging: Path, progress: bool) -> bool:
-    """Copy (decompressing ``.gz``) to a temp file, verify it, then atomically move it into place."""
-    tmp = staging / (dest.name + ".part")
+class _NotUsed(Exception):
+    """A candidate copy that must not replace the cached file; the message says why."""
+
+
+def _install(candidate: Path, dest: Path, info: DatasetInfo, progress: bool) -> bool:
+    """Copy (decompressing ``.gz``) to a temporary file, verify it, then atomically move it into place."""
     try:
-        digest = _copy_hashing(candidate, tmp, progress)
-    except (OSError, EOFError, zlib.error) as exc:
-        _report(f"ddpm: cannot read {candidate} ({_reason(exc)}); not used")
+        with atomic_path(dest) as tmp:
+            try:
+                digest = _copy_hashing(candidate, tmp, dest.name, progress)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise _NotUsed(f"cannot read {candidate} ({_reason(exc)})") from exc
+            if digest != info.sha256[dest.name]:
+                raise _NotUsed(f"{candidate} failed its SHA-256 check (corrupted or truncated)")
+    except _NotUsed as exc:
+        _report(f"ddpm: {exc}; not used")
         return False
-    if digest != info.sha256[dest.name]:
-        _report(f"ddpm: {candidate} failed its SHA-256 check (corrupted or truncated); not used")
-        return False
-    os.replace(tmp, dest)
     _remember(dest, digest)
     return True
 
 
-def _copy_hashing(source: Path, dest: Path, progress: bool) -> str:
-    """Copy ``source`` to ``dest`` (gunzipping ``.gz``) with a progress bar; return the SHA-256."""
+def _copy_hashing(source: Path, dest: Path, label: str, progress: bool) -> str:
+    """Copy ``source`` to ``dest`` (gunzipping ``.gz``) with a progress bar named ``label``; return the
+    SHA-256."""
     digest = hashlib.sha256()
     total = None if source.suffix == ".gz" else source.stat().st_size
     opener = gzip.open if source.suffix == ".gz" else open
-    with opener(source, "rb") as src, dest.open("wb") as out, _bar(total, dest.stem, progress) as bar:
+    bar = progress_bar(total=total, desc=label, count_bytes=True, disable=not progress, leave=False)
+    with opener(source, "rb") as src, dest.open("wb") as out, bar:
         for block in iter(lambda: src.read(CHUNK), b""):
             digest.update(block)
             out.write(block)
             bar.update(len(block))
     return digest.hexdigest()
-
-
-def _bar(total: int | None, name: str, progress: bool) -> tqdm:
-    """A byte-counting progress bar (silent when ``progress`` is false)."""
-    return tqdm(
-        total=total,
-        desc=name,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        disable=not progress,
-        leave=False,
-    )
 
 
 def _from_dir(folder: Path, names: list[str], staging: Path, progress: bool) -> dict[str, Path]:
@@ -406,7 +402,9 @@ def _download(url: str, dest: Path, progress: bool) -> Path:
     """Stream ``url`` to ``dest`` with a progress bar."""
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, dest.open("wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with _bar(total, dest.name, progress) as bar:
+        with progress_bar(
+            total=total, desc=dest.name, count_bytes=True, disable=not progress, leave=False
+        ) as bar:
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 bar.update(len(block))

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ddpm.fileio import write_synced
+from ddpm.fileio import fsync_dir, write_synced
 
 PREFIX = "step-"
 SUMS = "SHA256SUMS"
@@ -63,14 +63,6 @@ def kept(run_dir: Path, which: str = "previous") -> str:
     return f"the {which} checkpoint {latest.name} is kept" if latest else "there is no earlier checkpoint"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
@@ -104,9 +96,9 @@ def save_checkpoint(
         tmp.mkdir()
         for name, data in files.items():
             write_synced(tmp / name, data)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(

