@@ -15,6 +15,7 @@ import numpy as np
 
 from ddpm import plotting, run
 from ddpm.config import Config, ConfigError, apply_overrides
+from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.distributed import PeerFailed
 from ddpm.metrics.inception import InceptionError
@@ -316,9 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="manage data sets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("fetch", help="download (or find) and verify MNIST-like data sets")
-    p.add_argument(
-        "names", nargs="+", choices=("mnist", "fashion-mnist"), metavar="NAME", help="mnist, fashion-mnist"
-    )
+    p.add_argument("names", nargs="+", choices=IMAGE_SETS, metavar="NAME", help=", ".join(IMAGE_SETS))
     p.add_argument("--root", help="cache folder (default: $DDPM_DATA or ~/.cache/ddpm)")
     p.add_argument("--source", help="a folder already holding the IDX files (raw or .gz), tried first")
     p.add_argument("--no-apt", action="store_true", help="never install the Debian package")
@@ -356,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lenet", help="the LeNet5 classifier behind FLD")
     lenet_sub = p.add_subparsers(dest="lenet_command", required=True)
     p = lenet_sub.add_parser("train", help="train LeNet5 on a data set and cache it for ddpm eval")
-    p.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    p.add_argument("--dataset", choices=IMAGE_SETS, default="mnist")
     p.add_argument("--root", help="data and model cache (default: $DDPM_DATA or ~/.cache/ddpm)")
     p.add_argument("--json", action="store_true", help="end with a JSON line holding test_accuracy")
     p.set_defaults(func=cmd_lenet_train)

@@ -22,7 +22,7 @@ import torch
 from ddpm import plotting
 from ddpm.data import IMAGE_SETS
 from ddpm.data import images as image_data
-from ddpm.fileio import atomic_write_text
+from ddpm.fileio import atomic_path, atomic_write_text
 from ddpm.metrics.fld import (
     class_entropy,
     class_histogram,
@@ -229,9 +229,8 @@ def standard_fid(
         log(f"Inception statistics of the {dataset} test set (once; cached in {cache.parent})")
         mu, sigma = gaussian_statistics(inception_features(inception, test_x, progress=progress))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".tmp.npz")
-        np.savez(partial, mu=mu, sigma=sigma)
-        partial.replace(cache)
+        with atomic_path(cache) as partial:
+            np.savez(partial, mu=mu, sigma=sigma)
     features = inception_features(inception, x, progress=progress)
     return frechet_distance(*gaussian_statistics(features), mu, sigma)
 

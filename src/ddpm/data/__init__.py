@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from ddpm.config import DataConfig
+from ddpm.data.images import IMAGE_SETS
 from ddpm.registry import check_name
-
-IMAGE_SETS = ("mnist", "fashion-mnist")
 
 
 @dataclass
