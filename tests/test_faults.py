@@ -10,6 +10,7 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -233,7 +234,17 @@ DAMAGES = {
     "one bit flipped": (lambda r, c: _each(c, "*.safetensors", _flip), "failed its SHA-256 check"),
     "truncated, no SHA256SUMS": (
         lambda r, c: ((c / ckpt.SUMS).unlink(), _each(c, "*.safetensors", lambda b: b[:-7])),
-        "not a readable safetensors file",
+        "has no SHA256SUMS",
+    ),
+    "damaged EMA, no SHA256SUMS": (
+        lambda r, c: ((c / ckpt.SUMS).unlink(), _each(c, "ema.safetensors", _flip)),
+        "has no SHA256SUMS",
+    ),
+    "a file not in SHA256SUMS": (
+        lambda r, c: (c / ckpt.SUMS).write_text(
+            "".join(line + "\n" for line in (c / ckpt.SUMS).read_text().splitlines() if "ema" not in line)
+        ),
+        "ema.safetensors: not listed in SHA256SUMS",
     ),
     "garbled SHA256SUMS": (
         lambda r, c: (c / ckpt.SUMS).write_bytes(b"\xff\x00garbage"),
@@ -334,3 +345,20 @@ def test_a_hostile_image_folder_is_refused(tmp_path, capsys, case):
     line = refused(capsys, train_argv(out, 2, *settings, preset="mnist-tiny"), alone=False)
     assert expected in line, line
     assert not any(out.iterdir())  # no config, checkpoint or log written
+
+
+def test_a_checkpoint_without_sha256sums_is_accepted_only_when_its_sums_are_written_again(
+    tiny_run, tmp_path, capsys
+):
+    """Deleting SHA256SUMS turns no check off: the run is refused until the user writes the sums again with
+    the command the refusal gives, and then it loads as before."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    latest = ckpt.latest_checkpoint(out)
+    sums = (latest / ckpt.SUMS).read_bytes()
+    (latest / ckpt.SUMS).unlink()
+    line = refused(capsys, ["info", out, "--json"])
+    command = line[line.index("(cd ") + 1 : line.rindex(")")]
+    subprocess.run(command, shell=True, check=True)
+    assert sorted(sums.splitlines()) == sorted((latest / ckpt.SUMS).read_bytes().splitlines())
+    assert main(["info", str(out), "--json"]) == 0

@@ -5,7 +5,8 @@ A checkpoint is a folder ``checkpoints/step-00000500/`` holding ``model.safetens
 in the format of ``sha256sum -c``). It is written under a temporary name, every file fsynced, then renamed
 into place in one step, so a crash at any moment leaves either the complete new checkpoint or none; a write
 that fails (full disk, read-only folder) leaves the earlier checkpoints as they were and says so. Loading
-checks each file against ``SHA256SUMS`` and reads tensors and JSON only: no pickle, ever.
+checks each file against ``SHA256SUMS`` (a checkpoint without one is refused) and reads tensors and JSON
+only: no pickle, ever.
 """
 
 from __future__ import annotations
@@ -114,23 +115,29 @@ def save_checkpoint(
 
 def _read(path: Path) -> bytes:
     """The bytes of one checkpoint file, checked against its folder's ``SHA256SUMS``."""
+    expected = _sums(path.parent)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing from the checkpoint") from None
     except OSError as e:
         raise CheckpointError(f"{path}: unreadable ({e.strerror or e})") from None
-    expected = _sums(path.parent).get(path.name)
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+    if path.name not in expected:
+        raise CheckpointError(f"{path}: not listed in {SUMS}, so it cannot be checked")
+    if hashlib.sha256(data).hexdigest() != expected[path.name]:
         raise CheckpointError(f"{path}: failed its SHA-256 check (truncated or corrupted)")
     return data
 
 
 def _sums(folder: Path) -> dict[str, str]:
-    """File name → SHA-256 from ``SHA256SUMS``; empty for checkpoints written before it existed."""
+    """File name → SHA-256 from ``SHA256SUMS``, which every checkpoint must have: without it nothing could
+    tell a damaged file from a good one."""
     path = folder / SUMS
     if not path.exists():
-        return {}
+        raise CheckpointError(
+            f"{folder}: has no {SUMS}, so its files cannot be checked; to accept them as they are, write one:"
+            f" (cd {folder} && sha256sum *.safetensors state.json > {SUMS})"
+        )
     try:
         return {
             name: digest for digest, name in (line.split("  ", 1) for line in path.read_text().splitlines())
