@@ -45,9 +45,16 @@ def test_sample_from_the_folder_alone(tiny_run, tmp_path):
 def test_info_json(tiny_run, capsys):
     assert main(["info", str(tiny_run), "--json"]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"step", "parameters", "weights_sha256", "ema_sha256", "world_size", "config"} <= set(info)
-    assert info["world_size"] == 1 and len(info["weights_sha256"]) == 64
-    assert info["weights_sha256"] != info["ema_sha256"]
+    assert {
+        "step",
+        "parameters",
+        "weights_tensors_sha256",
+        "ema_tensors_sha256",
+        "world_size",
+        "config",
+    } <= set(info)
+    assert info["world_size"] == 1 and len(info["weights_tensors_sha256"]) == 64
+    assert info["weights_tensors_sha256"] != info["ema_tensors_sha256"]
 
 
 def test_info_reports_the_checkpoint_when_metrics_json_is_damaged(tiny_run, tmp_path, capsys):
@@ -60,7 +67,7 @@ def test_info_reports_the_checkpoint_when_metrics_json_is_damaged(tiny_run, tmp_
     assert main(["info", str(run), "--json"]) == 0
     captured = capsys.readouterr()
     info = json.loads(captured.out.strip().splitlines()[-1])
-    assert info["metrics"] is None and info["weights_sha256"] == good["weights_sha256"]
+    assert info["metrics"] is None and info["weights_tensors_sha256"] == good["weights_tensors_sha256"]
     assert captured.err.count("\n") == 1 and "metrics.json is not readable JSON" in captured.err
 
 

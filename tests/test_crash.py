@@ -63,4 +63,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, capsys):
     assert main(["train", "spiral", "--out", str(tmp_path / "straight"), *ARGS]) == 0
     a, b = info(tmp_path / "straight", capsys), info(out, capsys)
     assert a["step"] == b["step"] == STEPS
-    assert (a["weights_sha256"], a["ema_sha256"]) == (b["weights_sha256"], b["ema_sha256"])
+    assert (a["weights_tensors_sha256"], a["ema_tensors_sha256"]) == (
+        b["weights_tensors_sha256"],
+        b["ema_tensors_sha256"],
+    )

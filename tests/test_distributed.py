@@ -108,7 +108,10 @@ def test_resume_under_ddp_continues_exactly(straight, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["images_seen"] == STEPS * 64
     a, b = info(straight, capsys), info(out, capsys)
     assert b["step"] == STEPS and b["world_size"] == 2
-    assert (a["weights_sha256"], a["ema_sha256"]) == (b["weights_sha256"], b["ema_sha256"])
+    assert (a["weights_tensors_sha256"], a["ema_tensors_sha256"]) == (
+        b["weights_tensors_sha256"],
+        b["ema_tensors_sha256"],
+    )
     steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from ddpm.config import Config, ConfigError, apply_overrides
 from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.distributed import PeerFailed
+from ddpm.fileio import atomic_path
 from ddpm.metrics.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
 from ddpm.samplers import SAMPLERS, SPACINGS, get_sampler
@@ -58,11 +60,9 @@ def cmd_sample(args) -> int:
     )
     run.check_labels(cfg, args.label, args.guidance)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
-    for path in filter(None, (out, gif)):
-        if path.is_dir():
-            raise run.RunError(f"{path}: is a folder, expected a file name")
-        if not path.parent.is_dir():  # found now, not after minutes of sampling
-            raise run.RunError(f"{path}: {path.parent} is not a folder")
+    _check_writable(out, (".png", ".npy"), "--out")
+    if gif:
+        _check_writable(gif, (".gif",), "--gif")
     image = run.is_image(cfg)
     frames = run.ReverseFrames.about(60, cfg, keep=64 if image else 2000) if gif else None
     x = run.sample(
@@ -74,9 +74,12 @@ def cmd_sample(args) -> int:
         label=args.label,
         callback=frames,
         guidance=args.guidance,
+        progress=True,
     ).cpu()
+    run.check_finite(x)
     if out.suffix == ".npy":
-        np.save(out, x.numpy())
+        with atomic_path(out) as tmp:
+            np.save(tmp, x.numpy())
     elif image:
         plotting.save_grid(out, x, nrow=math.ceil(math.sqrt(args.n)))
     else:
@@ -88,6 +91,21 @@ def cmd_sample(args) -> int:
             plotting.points_gif(gif, frames.states, [f"t = {t}" for t in frames.t])
     print(f"wrote {out}" + (f" and {gif}" if gif else ""))
     return 0
+
+
+def _check_writable(path: Path, suffixes: tuple[str, ...], flag: str) -> None:
+    """Refuse an output file before any work is done: a known suffix, in a folder that takes a new file."""
+    if path.suffix.lower() not in suffixes:
+        raise run.RunError(f"{flag} {path}: write a {' or '.join(suffixes)} file")
+    if path.is_dir():
+        raise run.RunError(f"{flag} {path}: is a folder, expected a file name")
+    if not path.parent.is_dir():
+        raise run.RunError(f"{flag} {path}: {path.parent} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise run.RunError(f"{flag} {path}: cannot write in {path.parent} ({e.strerror})") from None
 
 
 def _final_metrics(path: Path) -> dict | None:
@@ -114,8 +132,8 @@ def cmd_info(args) -> int:
         "run": str(run_dir),
         "step": state["step"],
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "weights_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "model.safetensors")),
-        "ema_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "ema.safetensors")),
+        "weights_tensors_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "model.safetensors")),
+        "ema_tensors_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "ema.safetensors")),
         "world_size": state.get("world_size", 1),
         "train_seconds": state.get("train_seconds"),
         "checkpoint": latest.name,
@@ -125,25 +143,26 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    for key in (
-        "run",
-        "checkpoint",
-        "step",
-        "parameters",
-        "world_size",
-        "train_seconds",
-        "weights_sha256",
-        "ema_sha256",
-    ):
-        print(f"{key:>15}: {info[key]}")
+    for key in ("run", "checkpoint", "step", "parameters", "world_size"):
+        print(f"{key:>22}: {info[key]}")
+    if info["train_seconds"] is not None:
+        print(f"{'train_seconds':>22}: {info['train_seconds']:.1f}")
+    for key in ("weights_tensors_sha256", "ema_tensors_sha256"):
+        print(f"{key:>22}: {info[key]}")
+    print(f"{'':>22}  (SHA-256 of the tensors' names, shapes and values: equal iff the weights are)")
     if info["metrics"]:
         print(
-            "        metrics: "
+            f"{'metrics':>22}: "
             + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["metrics"].items()
             )
         )
-    print("         config: " + json.dumps(info["config"], indent=2).replace("\n", "\n" + " " * 17))
+        if "nll_bits_per_dim" in info["metrics"]:
+            print(
+                f"{'':>22}  (nll_bits_per_dim bounds a density of continuous 2-D points: unlike the"
+                " bits of discrete pixels, it can be negative)"
+            )
+    print(f"{'config':>22}: " + json.dumps(info["config"], indent=2).replace("\n", "\n" + " " * 24))
     return 0
 
 
@@ -304,13 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
     p.add_argument("run", help="the run folder")
-    p.add_argument("--n", type=int, default=64, help="how many samples")
-    p.add_argument("--out", required=True, help="a PNG (scatter or grid) or .npy file")
-    p.add_argument("--gif", help="also write a GIF of the reverse process")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    p.add_argument("--out", required=True, help="a .png (scatter or grid) or .npy file (the [-1, 1] array)")
+    p.add_argument("--gif", help="also write a .gif of the reverse process")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the noise's seed (default 0): same seed, same samples"
+    )
     p.add_argument("--label", type=int, help="the class to draw (conditional models; needed by --guidance)")
     _sampling_flags(p)
-    p.add_argument("--weights", choices=("ema", "model"), default="ema")
+    p.add_argument(
+        "--weights",
+        choices=("ema", "model"),
+        default="ema",
+        help="the EMA of the weights (default; what the run was made for) or the raw trained weights",
+    )
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.set_defaults(func=cmd_sample)
 
@@ -376,7 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("ddpm: interrupted; the last checkpoint is kept and the run can be resumed", file=sys.stderr)
+        if args.command == "train":
+            print(
+                "ddpm: interrupted; the last checkpoint is kept: run the same command to resume",
+                file=sys.stderr,
+            )
+        else:
+            print(f"ddpm: {args.command} interrupted; nothing more was written", file=sys.stderr)
         return 130
     except (
         ValueError,

@@ -33,7 +33,15 @@ from ddpm.metrics.fld import (
 )
 from ddpm.metrics.frechet import frechet_distance, gaussian_statistics
 from ddpm.metrics.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
-from ddpm.run import RunError, check_labels, load_run, sample, sample_steps, sampling_config
+from ddpm.run import (
+    RunError,
+    check_finite,
+    check_labels,
+    load_run,
+    sample,
+    sample_steps,
+    sampling_config,
+)
 from ddpm.samplers import SAMPLERS
 
 EVAL_DIR = "eval"
@@ -176,7 +184,7 @@ def evaluate_run(
         progress=progress,
     )
     sample_seconds = time.perf_counter() - t_sample
-    x = quantize(x.float().cpu())
+    x = quantize(check_finite(x.float().cpu()))
     report = {"run": str(run_dir), "checkpoint_step": loaded.step}
     report.update(measure_samples(x, reference, requested=requested, seed=seed, progress=progress))
     if fid:

@@ -43,7 +43,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     file is fsynced and renamed over ``path``, and when anything raises (a full disk, Ctrl-C) it is removed.
 
     The temporary ``.<name>.tmp-<pid><suffix>`` keeps ``path``'s suffix, for writers that choose a format by
-    it or append one without it (``np.savez`` adds ``.npz``). To leave ``path`` as it was, raise.
+    it or append one without it (``np.savez`` adds ``.npz``). To leave ``path`` as it was, raise. An OSError
+    (a full disk, a read-only folder) is raised again naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
@@ -51,8 +52,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+        if isinstance(e, OSError) and e.errno is not None:  # name the file, not only the errno
+            raise OSError(e.errno, f"could not write {path}: {e.strerror}") from None
         raise
 
 

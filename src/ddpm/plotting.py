@@ -1,4 +1,7 @@
-"""Pictures: scatter plots of 2-D samples, image grids and GIFs of the diffusion processes."""
+"""Pictures: scatter plots of 2-D samples, image grids and GIFs of the diffusion processes.
+
+Every picture is written through :func:`ddpm.fileio.atomic_path`: whole or not at all.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from ddpm.fileio import atomic_path  # noqa: E402
 
 LIM = (-1.6, 1.6)
 
@@ -63,7 +68,8 @@ def points_gif(path: Path, frames: Sequence, titles: Sequence[str], duration_ms:
 
 def _save_gif(path: Path, images: list[Image.Image], duration_ms: int) -> Path:
     durations = [duration_ms] * (len(images) - 1) + [duration_ms * 15]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, save_all=True, append_images=images[1:], duration=durations, loop=0)
     return Path(path)
 
 
@@ -94,7 +100,8 @@ def grid_image(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scal
 
 
 def save_grid(path: Path, images: torch.Tensor, nrow: int | None = None, scale: int = 2) -> Path:
-    grid_image(images, nrow, scale=scale).save(path)
+    with atomic_path(path) as tmp:
+        grid_image(images, nrow, scale=scale).save(tmp)
     return Path(path)
 
 
@@ -198,6 +205,9 @@ def fld_vs_images(
 def _save(fig, path: Path) -> Path:
     """Lay out, write and close a figure; returns its path."""
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return Path(path)

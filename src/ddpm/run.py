@@ -8,6 +8,7 @@ of their own.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,10 @@ def sampling_config(
     for key, value in given.items():
         if value is not None:
             setattr(cfg.sample, key, value)
-    return check_config(cfg)
+    check_config(cfg)
+    if eta is not None and "eta" not in sampler_options(cfg.sample.sampler, eta=eta):
+        raise ConfigError(f"--eta {eta:g}: only the ddim sampler takes η, not {cfg.sample.sampler}")
+    return cfg
 
 
 def sample_steps(cfg: Config) -> int:
@@ -125,6 +129,8 @@ def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float 
     """The one rule for labels and guidance: labels only for a class-conditional model and within its
     classes; guidance only for such a model, towards given labels."""
     k = cfg.model.num_classes
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise RunError(f"--guidance {guidance}: the weight w must be a finite number ≥ 0 (0: no guidance)")
     if guidance is not None and k is None:
         raise RunError("guidance needs a class-conditional model (model.kwargs.num_classes)")
     if guidance and label is None:
@@ -136,6 +142,18 @@ def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float 
         why = "an unconditional model" if k is None else f"labels 0…{k - 1}"
         shown = f"--label {label}" if labels.ndim == 0 else "labels"
         raise RunError(f"{shown}: the run has {why}")
+
+
+def check_finite(x: torch.Tensor) -> torch.Tensor:
+    """Refuse samples that are not all finite (NaN or ±inf: damaged weights, or a run that diverged);
+    returns ``x``."""
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise RunError(
+            f"{bad:,} of {x.numel():,} sampled values are not finite: the weights cannot be sampled "
+            "(a diverged or damaged run?); nothing was written"
+        )
+    return x
 
 
 class ReverseFrames:
@@ -189,8 +207,13 @@ def sample(
     sampler = get_sampler(cfg.sample.sampler)
     timesteps = sample_timesteps(cfg, schedule)
     options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, eta=cfg.sample.eta)
-    bar = progress_bar(
-        total=n * sample_steps(cfg), desc="sampling", unit="img-step", disable=not progress, unit_scale=True
+    bar = progress_bar(  # shown once sampling has taken more than 2 s
+        total=n * sample_steps(cfg),
+        desc="sampling",
+        unit="img-step",
+        disable=not progress,
+        unit_scale=True,
+        delay=2,
     )
     was_training = model.training
     model.eval()
