@@ -125,8 +125,9 @@ def test_a_failed_metrics_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- divergence
 
 
-def poison_from(monkeypatch, bad_step: int) -> None:
-    """Make the training loss NaN from step ``bad_step`` on (counted from 1, as in the log)."""
+def poison_from(monkeypatch, bad_step: int, factor: float = float("nan")) -> None:
+    """Multiply the training loss by ``factor`` (NaN: make it NaN) from step ``bad_step`` on (counted from 1,
+    as in the log)."""
     make = training.make_loss_fn
 
     def poisoned(*args, **kwargs):
@@ -135,7 +136,7 @@ def poison_from(monkeypatch, bad_step: int) -> None:
         def loss(model, x, y, draws):
             calls[0] += 1
             value = loss_fn(model, x, y, draws)
-            return value * float("nan") if calls[0] >= bad_step else value
+            return value * factor if calls[0] >= bad_step else value
 
         return loss
 
@@ -168,6 +169,35 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkey
     cfg.save(out / "config.json")
     assert main(train_argv(out, 20, *settings)) == 0
     assert run.load_run(out).step == 20 and Config.load(out / "config.json").train.lr == cfg.train.lr
+
+
+def test_a_finite_loss_far_above_its_best_stops_training_too(tmp_path, capsys, monkeypatch):
+    """A loss that explodes but stays finite (too high a learning rate) is stopped like a NaN: three log
+    lines in a row above 100 × the run's best; no checkpoint is written once the loss is that high."""
+    out, settings = tmp_path / "run", ("train.log_every=2", "train.checkpoint_every=4")
+    poison_from(monkeypatch, 11, factor=1e6)
+    line = refused(capsys, train_argv(out, 40, *settings), alone=False)
+    assert "the loss stayed above 100 × its best" in line and "for 3 log lines" in line
+    assert "at step 16; training stopped and the last good checkpoint step-00000008 is kept" in line
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-00000004", "step-00000008"]
+
+
+def test_a_loss_spike_below_the_rule_does_not_stop_training(tmp_path, monkeypatch):
+    """Two log lines far above the best, then back to normal: training goes on to the end."""
+    poison_from(monkeypatch, 11, factor=1e6)
+    real = training.make_loss_fn
+
+    def spike(*args, **kwargs):
+        loss_fn, calls = real(*args, **kwargs), [0]
+
+        def loss(model, x, y, draws):
+            calls[0] += 1
+            return loss_fn(model, x, y, draws) / (1e6 if calls[0] > 14 else 1)
+
+        return loss
+
+    monkeypatch.setattr(training, "make_loss_fn", spike)
+    assert main(train_argv(tmp_path / "run", 20, "train.log_every=2", "train.checkpoint_every=4")) == 0
 
 
 # --------------------------------------------------------------------------- hostile checkpoints

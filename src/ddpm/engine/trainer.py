@@ -47,6 +47,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, BatchDraws], torch.Tensor]
 
 
+# Divergence before NaN: a log line whose mean loss is above DIVERGED_FACTOR × the lowest per-step loss of
+# this run, DIVERGED_LINES times in a row, stops training as a non-finite loss does; no periodic checkpoint
+# is written while the loss is that far above its best, so the last one kept is from before.
+DIVERGED_FACTOR = 100.0
+DIVERGED_LINES = 3
+
+
 class Stop(enum.IntEnum):
     """Why training stops before ``max_steps``; the ranks take the largest any of them reports."""
 
@@ -99,6 +106,7 @@ class Trainer:
         self.metrics_path = self.run_dir / "metrics.csv"
         self.tensorboard = None  # opened by fit: a run that fails to resume leaves its folder as it was
         self._signalled = False
+        self.best_loss, self.lines_above = math.inf, 0  # the divergence rule (DIVERGED_FACTOR)
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -270,8 +278,9 @@ class Trainer:
     def _log(self, bar, losses: list[torch.Tensor], seconds: float) -> None:
         """Log the mean loss of the last ``len(losses)`` steps over all ranks (the global batch's loss).
 
-        The per-step losses stay on the device until now (no synchronisation per step); a non-finite one
-        stops training, naming its step, on every rank at once (they see the same global values).
+        The per-step losses stay on the device until now (no synchronisation per step); a non-finite one,
+        or a loss far above its best (``DIVERGED_FACTOR``), stops training, naming its step, on every rank at
+        once (they see the same global values).
         """
         cfg = self.cfg
         per_step = distributed.mean_over_ranks(torch.stack(losses)).cpu()
@@ -282,6 +291,9 @@ class Trainer:
                 f"the loss became {per_step[i].item()} at step {self.step - len(losses) + i + 1}"
             )
         loss = per_step.mean().item()
+        self.best_loss = min(self.best_loss, per_step.min().item())
+        far_above = self.best_loss > 0 and loss > DIVERGED_FACTOR * self.best_loss
+        self.lines_above = self.lines_above + 1 if far_above else 0
         ips = len(losses) * cfg.batch_size * cfg.grad_accum * self.world / seconds
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", refresh=False)
         self._log_row(
@@ -293,6 +305,11 @@ class Trainer:
                 "train_seconds": f"{self.train_seconds:.1f}",
             }
         )
+        if self.lines_above >= DIVERGED_LINES:
+            raise self._diverged(
+                f"the loss stayed above {DIVERGED_FACTOR:g} × its best ({self.best_loss:.3g}) for "
+                f"{DIVERGED_LINES} log lines: {loss:.3g} at step {self.step}"
+            )
 
     def fit(self) -> dict:
         """Train until ``max_steps`` or the ``max_minutes`` budget; checkpoint on the way and at the end.
@@ -328,7 +345,7 @@ class Trainer:
                         due = self.step % cfg.checkpoint_every == 0
                         if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                             last_ckpt = time.monotonic()
-                            if self.rank == 0:
+                            if self.rank == 0 and not self.lines_above:  # never a diverging state
                                 self.save()
                         if cfg.sample_every and self.step % cfg.sample_every == 0 and self.on_sample:
                             if self.rank == 0:
