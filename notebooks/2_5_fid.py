@@ -77,7 +77,7 @@ classifier = lenet.model
 run_dir = args.run if args.run else train_run(cfg, out, args.restart)
 run, device, test_x = open_run(run_dir)
 run.cfg = sampling_config(run.cfg, steps=args.sample_steps)
-x = sample(run.cfg, run.model, run.schedule, args.n, seed=0, progress=True).cpu().clamp(-1, 1)
+x = sample(run.cfg, run.model, run.schedule, args.n, seed=0).cpu().clamp(-1, 1)
 
 # %% [markdown]
 # ## FLD and its references

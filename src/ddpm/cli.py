@@ -74,7 +74,6 @@ def cmd_sample(args) -> int:
         label=args.label,
         callback=frames,
         guidance=args.guidance,
-        progress=True,
     ).cpu()
     run.check_finite(x)
     if out.suffix == ".npy":

@@ -190,13 +190,14 @@ def sample(
     callback=None,
     batch_size: int = 4096,
     guidance: float | None = None,
-    progress: bool = False,
+    progress: bool = True,
 ) -> torch.Tensor:
     """Draw ``n`` samples with the run's sampling settings (:func:`sampling_config`), in batches.
 
     ``label`` picks the class of conditional models: one int for all samples, or a tensor of ``n`` labels.
     ``guidance`` is the classifier-free guidance weight w (conditional models; 0 or None: none).
-    ``callback(i, t, x, x̂_0)`` sees every step of the first batch (:class:`ReverseFrames`).
+    ``callback(i, t, x, x̂_0)`` sees every step of the first batch (:class:`ReverseFrames`). A progress bar
+    appears on stderr once sampling has taken more than 2 s, unless ``progress`` is false.
     """
     check_labels(cfg, label, guidance)
     device = next(model.parameters()).device
