@@ -158,7 +158,8 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkey
     line = refused(capsys, train_argv(out, 20, *settings), alone=False)
     assert line == (
         f"ddpm: error: {message}; training stopped and the last good checkpoint step-00000008 is kept "
-        "(to go on from it, lower train.lr in the run's config.json and run again)"
+        f"(to go on from it, lower train.lr in {out / 'config.json'} and run "
+        f"ddpm train {out / 'config.json'} --out {out})"
     )
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-00000004", "step-00000008"]
     for weights in ("model", "ema"):
@@ -167,7 +168,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path, capsys, monkey
     cfg = Config.load(out / "config.json")
     cfg.train.lr /= 10
     cfg.save(out / "config.json")
-    assert main(train_argv(out, 20, *settings)) == 0
+    assert main(["train", str(out / "config.json"), "--out", str(out)]) == 0  # the run's own config
     assert run.load_run(out).step == 20 and Config.load(out / "config.json").train.lr == cfg.train.lr
 
 
@@ -317,7 +318,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused(tiny_run, tmp_path, capsys, 
     argv = {
         "info": ["info", out, "--json"],
         "sample": ["sample", out, "--out", tmp_path / "x.png"],
-        "train": train_argv(out, 20),
+        "train": ["train", out / "config.json", "--out", out, "--max-steps", 20],  # the run's own config
     }[command]
     line = refused(capsys, argv)
     assert expected in line and str(out) in line, line
@@ -374,7 +375,7 @@ def test_a_hostile_image_folder_is_refused(tmp_path, capsys, case):
     settings = ("data.name=folder", f"data.root={images}", "data.image_size=16")
     line = refused(capsys, train_argv(out, 2, *settings, preset="mnist-tiny"), alone=False)
     assert expected in line, line
-    assert not any(out.iterdir())  # no config, checkpoint or log written
+    assert [p.name for p in out.iterdir()] == [training.LOCK]  # no config, checkpoint or log written
 
 
 def test_a_checkpoint_without_sha256sums_is_accepted_only_when_its_sums_are_written_again(

@@ -46,10 +46,16 @@ def _config_from_args(args) -> Config:
 def cmd_train(args) -> int:
     from ddpm.training import train
 
-    cfg = _config_from_args(args)
-    metrics = train(cfg, Path(args.out), restart=args.restart)
-    if metrics is not None:  # None: a rank other than 0 of a torchrun job
-        print(json.dumps(metrics, indent=2))
+    cfg, out = _config_from_args(args), Path(args.out)
+    metrics = train(cfg, out, restart=args.restart)
+    if metrics is None:  # a rank other than 0 of a torchrun job
+        return 0
+    picture = "grid.png" if run.is_image(cfg) else "points.png"
+    step = metrics["step"]
+    wrote = f"step {step} of {cfg.train.max_steps} (checkpoints/step-{step:08d}, metrics.json, samples/)"
+    print(f"wrote {out}: {wrote}; next: ddpm sample {out} --out {picture}")
+    if args.json:
+        print(json.dumps(metrics))
     return 0
 
 
@@ -312,12 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "preset", metavar="PRESET|CONFIG", help=f"a preset ({', '.join(PRESETS)}) or a config.json"
     )
-    p.add_argument("--out", required=True, help="the run folder (resumed when it holds a checkpoint)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the run folder: new, empty, or a ddpm run to resume (with the config it was started with)",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", type=int, help="train until this step (also the learning-rate horizon)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
-    p.add_argument("--restart", action="store_true", help="discard the run's checkpoints and start over")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: remove what ddpm wrote in the run (not its other files)",
+    )
+    p.add_argument("--json", action="store_true", help="end with the final metrics as one JSON line")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="draw samples from a trained run")
@@ -357,7 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
     )
-    p.add_argument("--name", help="report name (default: from sampler, steps, n, guidance and seed)")
+    p.add_argument(
+        "--name",
+        help="report name, a file name in RUN/eval (default: from sampler, steps, n, guidance and seed)",
+    )
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.add_argument("--json", action="store_true", help="end with the report as one JSON line")
     p.set_defaults(func=cmd_eval)

@@ -58,6 +58,15 @@ def eval_name(
     return f"{sampler}-{steps}{e}{sp}-n{n}{g}-s{seed}"
 
 
+def check_report_name(name: str) -> str:
+    """A report name given by the user stays a file name inside ``RUN/eval``: no path separator, no ``..``."""
+    if "/" in name or "\\" in name or ".." in name:
+        raise RunError(
+            f"--name {name}: not a plain file name (the report goes to RUN/{EVAL_DIR}/; no /, \\ or ..)"
+        )
+    return name
+
+
 def quantize(x: torch.Tensor) -> torch.Tensor:
     """Clamp to [−1, 1] and round to 8 bits: we measure the images as they would be saved."""
     return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
@@ -158,6 +167,8 @@ def evaluate_run(
     measured many times."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
+    if name:
+        check_report_name(name)
     loaded = load_run(run_dir, weights="ema", device=device)
     cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, eta=eta)
     num_classes = cfg.model.num_classes

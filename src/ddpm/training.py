@@ -6,9 +6,15 @@ of Ho et al. 2020 (:func:`make_loss_fn`) and, at the end, samples and measures t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import re
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,35 +58,173 @@ def make_loss_fn(cfg: Config, schedule: Schedule, num_classes: int | None):
     return loss_fn
 
 
-def prepare_out(out: Path, restart: bool) -> None:
-    """Check ``--out`` before anything is written: a folder we can write, never an existing file."""
+# --- The run folder ------------------------------------------------------------------------------------
+
+MARKER = ".ddpm-run"  # written beside the first config.json: this folder is a ddpm run
+LOCK = ".ddpm-lock"  # flocked by the one process writing the run; holds its PID while it does
+PROBE = ".write-test"  # written and removed at once: can we write here?
+BUDGETS = ("train.max_steps", "train.max_minutes")  # the only settings a resumed run takes from the command
+
+# Everything ``ddpm train`` writes in a run besides config.json and the two files above, as regular
+# expressions of paths relative to the run: what --restart removes (and a start with no checkpoint to go
+# on from, whose leftovers belong to no checkpoint). Nothing else in the folder is ever removed.
+RUN_OUTPUTS = (
+    r"checkpoints/step-\d+",  # the checkpoints (ddpm.engine.checkpoint)
+    r"checkpoints/\.tmp-step-\d+-\d+",  # one a killed process was writing
+    r"metrics\.csv",
+    r"metrics\.json",
+    r"loss\.png",
+    r"samples/step-\d+\.png",
+    r"tensorboard/events\.out\.tfevents\..+",
+    r"\.(config|metrics)\.json\.tmp-\d+\.json",  # an atomic write cut short (ddpm.fileio.atomic_path)
+)
+
+
+def _is_run(out: Path) -> bool:
+    """Whether ``out`` is a ddpm run: it has the marker, or (runs older than the marker) a config.json that
+    loads as a ddpm config and at least one checkpoint."""
+    if (out / MARKER).is_file():
+        return True
+    if not ckpt.list_checkpoints(out) or not (out / CONFIG_FILE).is_file():
+        return False
+    try:
+        Config.load(out / CONFIG_FILE)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def mark_run(out: Path) -> None:
+    """Write the marker that makes ``out`` a ddpm run (beside its first config.json)."""
+    if not (out / MARKER).is_file():
+        atomic_write_text(out / MARKER, "a ddpm run: ddpm train --restart removes only what ddpm wrote\n")
+
+
+def prepare_out(out: Path) -> None:
+    """Check ``--out`` before anything is written, and create it: a new or empty folder, or a ddpm run;
+    never a file, nor a folder holding anything else."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: is a file, not a run folder")
-    if restart and out.is_dir():
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("metrics.csv", "metrics.json"):
-            (out / name).unlink(missing_ok=True)
+    if out.is_dir() and not _is_run(out):
+        found = sorted(p.name for p in out.iterdir() if p.name not in (LOCK, PROBE))  # of a failed start
+        if found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise RunError(
+                f"--out {out}: not a ddpm run and not empty (it holds {shown}); choose a new or empty folder"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / PROBE
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise RunError(f"--out {out}: cannot write there ({e.strerror})") from None
 
 
-def open_run(cfg: Config, out: Path, restart: bool, log=print) -> tuple[Config, Path | None]:
-    """Prepare ``out`` and find what to continue from: the checkpoint, and the config the run started with
-    (only the budgets are taken from ``cfg``)."""
-    prepare_out(out, restart)
-    latest = ckpt.latest_checkpoint(out)
+@contextlib.contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the run in ``out`` for writing: one writer per run.
+
+    An exclusive ``flock`` on ``RUN/.ddpm-lock``, which holds the writer's PID while it writes. The kernel
+    releases the lock when the process ends, however it ends (SIGKILL too), so it is never left stale;
+    readers (sample, eval, info) take none.
+    """
+    path = Path(out) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a planted link is never followed
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(
+                f"--out {out}: {_holder(fd)} is training this run; wait for it to end, or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # nobody to name once we are done
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """The process holding the lock, as its lock file names it (it writes its PID just after locking)."""
+    for _ in range(20):
+        words = os.pread(fd, 256, 0).decode(errors="replace").split()
+        if words:
+            break
+        time.sleep(0.05)
+    else:
+        return "another process"
+    pid, host = words[0], words[1] if len(words) > 1 else ""
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"another ddpm train (PID {pid}{where})"
+
+
+def remove_outputs(out: Path) -> list[Path]:
+    """Remove what an earlier start of the run in ``out`` wrote (:data:`RUN_OUTPUTS`), and the folders
+    that leaves empty; returns what was removed. The config is replaced by the caller."""
+    patterns = [re.compile(p) for p in RUN_OUTPUTS]
+    folders = {Path(p).parent for p in RUN_OUTPUTS}
+    removed = [
+        path
+        for folder in sorted(folders)
+        if (out / folder).is_dir()
+        for path in sorted((out / folder).iterdir())
+        if any(p.fullmatch(path.relative_to(out).as_posix()) for p in patterns)
+    ]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for folder in folders - {Path(".")}:
+        with contextlib.suppress(OSError):  # not empty: it holds something of someone else's
+            (out / folder).rmdir()
+    return removed
+
+
+def config_differences(saved: Config, cfg: Config) -> list[str]:
+    """The settings (dotted keys) in which ``cfg`` differs from a run's ``saved`` config, budgets aside."""
+    a, b = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    missing = object()
+    keys = [k for k in dict.fromkeys([*a, *b]) if k not in BUDGETS and a.get(k, missing) != b.get(k, missing)]
+    return sorted(keys, key=lambda k: k not in ("preset", "seed"))  # the telling ones first
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    d = json.loads(json.dumps(d))  # as config.json holds it: tuples are lists
+    flat = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def open_run(cfg: Config, out: Path, restart: bool, held: contextlib.ExitStack) -> tuple[Config, Path | None]:
+    """Take the run folder ``out`` for writing (the lock is held by ``held``) and find the checkpoint to go
+    on from: the latest, unless ``restart``.
+
+    A run resumes only with the config it was started with (budgets aside): another one is refused,
+    naming the settings that differ, never silently replaced by the saved one.
+    """
+    out = Path(out)
+    prepare_out(out)
+    held.enter_context(writer_lock(out))
+    latest = None if restart else ckpt.latest_checkpoint(out)
     if latest is not None and (out / CONFIG_FILE).exists():
-        saved = Config.load(out / CONFIG_FILE)
-        saved.train.max_steps, saved.train.max_minutes = cfg.train.max_steps, cfg.train.max_minutes
-        if saved.to_dict() != cfg.to_dict():
-            log(f"resuming {out}: using its saved config (only the step and time budgets are taken from now)")
-        cfg = saved
+        differ = config_differences(Config.load(out / CONFIG_FILE), cfg)
+        if differ:
+            shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+            raise RunError(
+                f"--out {out}: the run was started with another config (it differs in {shown}); "
+                f"to resume it as it was: ddpm train {out / CONFIG_FILE} --out {out}; "
+                "to start over: --restart"
+            )
     return cfg, latest
 
 
@@ -96,47 +240,61 @@ def _save_samples(out: Path, data: Dataset, x: torch.Tensor, step: int) -> None:
 def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | None:
     """Train (or resume) the run in ``out``; write config, checkpoints, metrics and pictures.
 
-    An existing run folder is resumed from its latest checkpoint with the config it was started with;
-    only the budgets (``max_steps``, ``max_minutes``) may differ. Under torchrun every process calls this
-    and trains its share of each global batch: rank 0 prepares the folder while the others wait, writes
-    everything and returns the metrics; the other ranks return None.
+    An existing run folder is resumed from its latest checkpoint; only the budgets (``max_steps``,
+    ``max_minutes``) may differ from the config it was started with. ``restart`` starts it over: what it
+    wrote (:data:`RUN_OUTPUTS`) is removed only once the config, data and model are known to work. Under
+    torchrun every process calls this and trains its share of each global batch: rank 0 takes the folder
+    while the others wait, writes everything and returns the metrics; the other ranks return None.
     """
     out = Path(out)
     check_config(cfg)
-    with distributed.process_group() as group:
+    make_model(cfg)  # a model the config cannot build is refused before the folder is touched
+    with contextlib.ExitStack() as held:  # rank 0's lock on the run, until its last file is written
+        with distributed.process_group() as group:
+            if group.rank:
+                log = _quiet  # one voice per job
+            cfg, latest = distributed.from_rank_zero(lambda: open_run(cfg, out, restart, held))
+
+            def setup() -> tuple[Dataset, Schedule, Trainer]:
+                data = load_dataset(cfg.data)
+                classes = cfg.model.num_classes
+                if classes and data.num_classes != classes:
+                    have = f"{data.num_classes} classes" if data.num_classes else "no labels"
+                    raise RunError(
+                        f"the model is conditional on {classes} classes but the data set has {have}"
+                    )
+                schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
+                torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
+                model = make_model(cfg)
+                log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
+
+                def on_sample(ema_model: nn.Module, step: int) -> None:
+                    x = sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0)
+                    _save_samples(out, data, x, step)
+
+                loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
+                trainer = Trainer(
+                    model, loss_fn, data.x, data.y, cfg.train, out, cfg.seed, on_sample, *group, log=log
+                )
+                if latest is not None:
+                    trainer.resume(latest)
+                    log(f"resumed from {latest.name} (step {trainer.step})")
+                if group.rank == 0:  # only once data, model and checkpoint are known to fit together
+                    if latest is None:  # --restart, or a start that never reached a checkpoint
+                        remove_outputs(out)
+                    mark_run(out)
+                    cfg.save(out / CONFIG_FILE)
+                return data, schedule, trainer
+
+            data, schedule, trainer = distributed.on_every_rank(setup)
+            summary = trainer.fit()
         if group.rank:
-            log = _quiet  # one voice per job
-        cfg, latest = distributed.from_rank_zero(lambda: open_run(cfg, out, restart, log))
+            return None
+        return _finish(cfg, out, data, schedule, trainer, summary, log)
 
-        def setup() -> tuple[Dataset, Schedule, Trainer]:
-            data = load_dataset(cfg.data)
-            classes = cfg.model.num_classes
-            if classes and data.num_classes != classes:
-                have = f"{data.num_classes} classes" if data.num_classes else "no labels"
-                raise RunError(f"the model is conditional on {classes} classes but the data set has {have}")
-            schedule = build_schedule(cfg).to(resolve_device(cfg.train.device))
-            torch.manual_seed(cfg.seed)  # the initial weights are part of what a seed reproduces
-            model = make_model(cfg)
-            log(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
 
-            def on_sample(ema_model: nn.Module, step: int) -> None:
-                _save_samples(out, data, sample(cfg, ema_model, schedule, cfg.train.sample_n, seed=0), step)
-
-            loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
-            trainer = Trainer(
-                model, loss_fn, data.x, data.y, cfg.train, out, cfg.seed, on_sample, *group, log=log
-            )
-            if latest is not None:
-                trainer.resume(latest)
-                log(f"resumed from {latest.name} (step {trainer.step})")
-            if group.rank == 0:  # only once data, model and checkpoint are known to fit together
-                cfg.save(out / CONFIG_FILE)
-            return data, schedule, trainer
-
-        data, schedule, trainer = distributed.on_every_rank(setup)
-        summary = trainer.fit()
-    if group.rank:
-        return None
+def _finish(cfg: Config, out: Path, data: Dataset, schedule: Schedule, trainer: Trainer, summary: dict, log):
+    """Rank 0's last files: the final samples, the loss curve and ``metrics.json``; returns the metrics."""
     ema = trainer.ema.model
     # One final draw serves the picture, the sampling throughput and, for 2-D data, the metrics.
     n = cfg.train.sample_n if data.is_image else max(cfg.train.sample_n, cfg.sample.eval_n)
@@ -153,6 +311,11 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
     if not data.is_image and data.y is None and cfg.sample.eval_n:  # labelled 2-D sets: notebook 3.1
         metrics.update(points_report(cfg, ema, schedule, x[: cfg.sample.eval_n]))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if trainer.step < cfg.train.max_steps and cfg.train.max_minutes:  # fit stops early for time alone
+        log(
+            f"stopped at step {trainer.step} of {cfg.train.max_steps}: the time budget (--max-minutes "
+            f"{cfg.train.max_minutes:g}) is spent; run the same command again to continue"
+        )
     return metrics
 
 

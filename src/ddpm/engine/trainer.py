@@ -272,7 +272,8 @@ class Trainer:
         """The error that stops a diverged run: what happened, the checkpoint kept, and how to go on."""
         return Diverged(
             f"{what}; training stopped and {ckpt.kept(self.run_dir, 'last good')} "
-            "(to go on from it, lower train.lr in the run's config.json and run again)"
+            f"(to go on from it, lower train.lr in {self.run_dir / 'config.json'} and run "
+            f"ddpm train {self.run_dir / 'config.json'} --out {self.run_dir})"
         )
 
     def _log(self, bar, losses: list[torch.Tensor], seconds: float) -> None:
