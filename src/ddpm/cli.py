@@ -324,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run folder: new, empty, or a ddpm run to resume (with the config it was started with)",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="the run's seed: initial weights, data order, every draw (default: the config's)",
+    )
     p.add_argument("--max-steps", type=int, help="train until this step (also the learning-rate horizon)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
     p.add_argument(
@@ -367,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
     p.add_argument("--n", type=int, default=10_000, help="how many samples (default 10000)")
     _sampling_flags(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
     p.add_argument("--fid", action="store_true", help="also the standard FID on Inception-v3 (slow on a CPU)")
     p.add_argument(
         "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
@@ -387,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default: all)")
     p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts (T is always added)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed of every point (default 0)")
     p.add_argument(
         "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
     )
