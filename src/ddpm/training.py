@@ -25,7 +25,16 @@ from ddpm.engine.trainer import Trainer
 from ddpm.fileio import atomic_write_text
 from ddpm.metrics.points import points_report
 from ddpm.models import count_parameters
-from ddpm.run import CONFIG_FILE, RunError, build_schedule, check_config, make_model, sample, sample_steps
+from ddpm.run import (
+    CONFIG_FILE,
+    RunError,
+    build_schedule,
+    check_config,
+    load_config,
+    make_model,
+    sample,
+    sample_steps,
+)
 from ddpm.schedules import Schedule
 
 
@@ -76,7 +85,7 @@ def open_run(cfg: Config, out: Path, restart: bool, log=print) -> tuple[Config, 
     prepare_out(out, restart)
     latest = ckpt.latest_checkpoint(out)
     if latest is not None and (out / CONFIG_FILE).exists():
-        saved = Config.load(out / CONFIG_FILE)
+        saved = load_config(out / CONFIG_FILE)
         saved.train.max_steps, saved.train.max_minutes = cfg.train.max_steps, cfg.train.max_minutes
         if saved.to_dict() != cfg.to_dict():
             log(f"resuming {out}: using its saved config (only the step and time budgets are taken from now)")
