@@ -143,7 +143,14 @@ def _from_dict(cls, d: dict, where: str = ""):
     return cls(**kwargs)
 
 
-_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list"}
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a list",
+    dict: "a mapping",
+}
 
 
 def _coerce(name: str, value, hint):
