@@ -257,7 +257,7 @@ CASES = {
     ),
     "too many parameters": (
         ["model.kwargs.hidden=4096", "model.kwargs.layers=64"],
-        "model.kwargs make model 'mlp' 2,148,687,874 parameters, more than the 200,000,000 allowed "
+        "model.kwargs give model 'mlp' 2,148,687,874 parameters, more than the 200,000,000 allowed "
         "(training needs 20 bytes a parameter)",
     ),
     "the points' dimension": (
@@ -319,10 +319,10 @@ def test_set_refusals(run_copy, tmp_path, capsys, case):
         (
             "mnist-unet",
             ["model.kwargs.channel_mult=[1, 0]"],
-            "model.kwargs.each item of channel_mult must lie in 1…64 for model 'unet', got [1, 0]",
+            "model.kwargs.channel_mult must lie in 1…64 (each item) for model 'unet', got [1, 0]",
         ),
         ("mnist-unet", ["model.kwargs.num_heads=3"], "cannot build model 'unet': num_heads=3 must divide"),
-        ("mnist-unet", ["model.kwargs.model_channels=1000"], "model.kwargs make model 'unet' "),
+        ("mnist-unet", ["model.kwargs.model_channels=1000"], "model.kwargs give model 'unet' "),
         ("mnist-unet", ["model.kwargs.num_classes=0"], "model.kwargs.num_classes must lie in 1…10,000"),
         ("mnist-tiny", ["model.kwargs.model_channels=0"], "model.kwargs.model_channels must lie in 1…1,024"),
         ("mnist-tiny", ["model.name=mlp"], "model.name: 'mlp' is a model for points, but data.name 'mnist'"),

@@ -110,7 +110,7 @@ def check_model(cfg: Config) -> None:
         raise ConfigError(f"cannot build model {name!r}: {e}") from None
     if n > MAX_PARAMETERS:
         raise ConfigError(
-            f"model.kwargs make model {name!r} {n:,} parameters, more than the {MAX_PARAMETERS:,} allowed "
+            f"model.kwargs give model {name!r} {n:,} parameters, more than the {MAX_PARAMETERS:,} allowed "
             "(training needs 20 bytes a parameter)"
         )
 

@@ -88,8 +88,8 @@ def check_kwargs(name: str, kwargs: dict) -> None:
         lo, hi = ranges.get(arg, (None, None))
         items = value if isinstance(value, (list, tuple)) else [value]
         if lo is not None and any(not lo <= v <= hi for v in items if v is not None):
-            each = "each item of " if isinstance(value, (list, tuple)) else ""
-            raise ValueError(f"{each}{arg} must lie in {lo:,}…{hi:,} for model {name!r}, got {value!r}")
+            each = " (each item)" if isinstance(value, (list, tuple)) else ""
+            raise ValueError(f"{arg} must lie in {lo:,}…{hi:,}{each} for model {name!r}, got {value!r}")
 
 
 # Random fills of the initialisation: meta tensors hold no values, and torch's meta version of some of them
@@ -106,7 +106,8 @@ class _WithoutRandomFills(TorchFunctionMode):
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Instantiate the model registered under ``name`` with keyword arguments from the config."""
+    """Instantiate the model registered under ``name`` with keyword arguments from the config, checked
+    first (:func:`check_kwargs`)."""
     check_kwargs(name, kwargs)
     return model_class(name)(**kwargs)
 
