@@ -30,7 +30,7 @@ def _config_from_args(args) -> Config:
     if source in PRESETS:
         cfg = get_preset(source)
     elif Path(source).is_file():
-        cfg = Config.load(Path(source))
+        cfg = run.load_config(Path(source))
     else:
         raise ConfigError(f"{source!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
     cfg = apply_overrides(cfg, args.set or [])

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ddpm.fileio import atomic_write_text
 
@@ -120,9 +124,9 @@ class Config:
             raise ConfigError(f"{path}: not a valid config file ({e})") from None
 
 
-def _from_dict(cls, d: dict):
+def _from_dict(cls, d: dict, where: str = ""):
     if not isinstance(d, dict):
-        raise ConfigError(f"expected a mapping for {cls.__name__}, got {d!r}")
+        raise ConfigError(f"expected a mapping for {where.rstrip('.') or cls.__name__}, got {d!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
@@ -132,26 +136,38 @@ def _from_dict(cls, d: dict):
     for name, value in d.items():
         hint = hints[name]
         kwargs[name] = (
-            _from_dict(hint, value) if dataclasses.is_dataclass(hint) else _coerce(name, value, hint)
+            _from_dict(hint, value, f"{where}{name}.")
+            if dataclasses.is_dataclass(hint)
+            else _coerce(where + name, value, hint)
         )
     return cls(**kwargs)
 
 
+_TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    tuple: "a list",
+    dict: "a mapping",
+}
+
+
 def _coerce(name: str, value, hint):
     """Check ``value`` against a field's type, converting where harmless (int → float, list → tuple)."""
-    args = typing.get_args(hint)
+    args, nullable = typing.get_args(hint), ""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        hint, nullable = next(a for a in args if a is not type(None)), " or null"
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is tuple and isinstance(value, list):
         return tuple(value)
     if hint is dict and isinstance(value, dict):
         return value
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint) or (hint in (int, float) and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {_TYPE_NAMES.get(hint, hint.__name__)}{nullable}, got {value!r}")
     return value
 
 
@@ -195,6 +211,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node, dict) or p not in node:
                 raise ConfigError(f"--set {key}: no config section {p!r}")
             node = node[p]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parents)} is a value, not a section")
         is_kwargs = parents[-1:] == ["kwargs"]
         if not is_kwargs and leaf not in node:
             raise ConfigError(f"--set {key}: unknown key {leaf!r}")
@@ -202,42 +220,131 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return Config.from_dict(d)
 
 
+# --- The ranges of the values -----------------------------------------------------------------------------
+
+
+class Range(NamedTuple):
+    """The numbers a value may take: ``lo ≤ x ≤ hi``, or strictly (``open_lo``, ``open_hi``)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def ok(self, x) -> bool:
+        above = self.lo is None or (x > self.lo if self.open_lo else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.open_hi else x <= self.hi)
+        return above and below
+
+    def what(self, x) -> str:
+        """What the value must do, said for the bound it breaks (both bounds for a float's interval)."""
+        if self.lo is not None and self.hi is not None and isinstance(x, float):
+            return f"lie in {'(['[not self.open_lo]}{self.lo:g}, {self.hi:g}{')]'[not self.open_hi]}"
+        if self.hi is not None and (x >= self.hi if self.open_hi else x > self.hi):
+            return f"be less than {self.hi:,}" if self.open_hi else f"be at most {self.hi:,}"
+        if self.lo == 0:
+            return "be positive" if self.open_lo else "be non-negative"
+        return f"be greater than {self.lo:,}" if self.open_lo else f"be at least {self.lo:,}"
+
+
+class Rule(NamedTuple):
+    """A value's rule that is not a range of numbers: a test, and what the value must do."""
+
+    ok: Callable[[object], bool]
+    text: str
+
+    def what(self, x) -> str:
+        return self.text
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, open_lo=True), Range(0), Range(1)
+SEEDS = Range(-(2**40), 2**40)  # every seed derived from it (seed × 1,000,003 + epoch) fits in 64 bits
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _two_betas(betas) -> bool:
+    return len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)
+
+
+# Every value but the names (checked by their registries: ddpm.run.check_config), the paths, the switches
+# (true or false), sample.steps (1…T: validate) and the model's arguments (checked by the model:
+# ddpm.models.check_kwargs). Upper bounds keep one value from hanging the machine or exhausting its memory.
+RULES: dict[str, Range | Rule] = {
+    "seed": SEEDS,
+    "data.n_samples": Range(1, 10_000_000),  # 2-D points, held in memory
+    "data.noise": NON_NEGATIVE,
+    "data.data_seed": SEEDS,
+    "data.image_size": Range(1, 1024),
+    "data.channels": Rule(lambda c: c in (1, 3), "be 1 (grey) or 3 (RGB)"),
+    "diffusion.T": Range(1, 100_000),
+    "diffusion.clip_x0": POSITIVE,
+    "diffusion.min_snr_gamma": POSITIVE,
+    "diffusion.p_uncond": Range(0, 1, open_hi=True),
+    "train.batch_size": Range(1, 65_536),
+    "train.lr": POSITIVE,
+    "train.weight_decay": NON_NEGATIVE,
+    "train.betas": Rule(_two_betas, "be two numbers in [0, 1)"),
+    "train.warmup_steps": NON_NEGATIVE,
+    "train.min_lr_ratio": Range(0, 1),
+    "train.max_steps": NON_NEGATIVE,
+    "train.max_minutes": POSITIVE,
+    "train.grad_clip": POSITIVE,
+    "train.grad_accum": Range(1, 1024),
+    "train.ema_decay": Range(0, 1, open_hi=True),
+    "train.precision": Rule(lambda p: p in ("auto", "fp32", "bf16"), "be auto, fp32 or bf16"),
+    "train.device": Rule(lambda d: DEVICE.fullmatch(d) is not None, f"be {DEVICES}"),
+    "train.num_threads": Range(1, 1024),
+    "train.log_every": AT_LEAST_1,
+    "train.checkpoint_every": AT_LEAST_1,
+    "train.checkpoint_minutes": POSITIVE,
+    "train.keep_checkpoints": AT_LEAST_1,
+    "train.sample_every": NON_NEGATIVE,
+    "train.sample_n": Range(1, 100_000),
+    "sample.eta": Range(0, 1),
+    "sample.eval_n": Range(0, 20_000),  # the 2-D metrics take a time quadratic in it
+}
+
+
+def check_device_name(name: str) -> str:
+    """The one rule for how a device is written (whether it is there is :func:`ddpm.engine.device`'s)."""
+    if not isinstance(name, str) or not DEVICE.fullmatch(name):
+        raise ConfigError(f"device must be {DEVICES}, got {name!r}")
+    return name
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _leaves(cfg: Config):
+    """Every value of the config as (key, value, type): ("train.lr", 0.001, float), …"""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            hints = typing.get_type_hints(type(value))
+            for g in dataclasses.fields(value):
+                yield f"{f.name}.{g.name}", getattr(value, g.name), hints[g.name]
+        else:
+            yield f.name, value, typing.get_type_hints(Config)[f.name]
+
+
 def validate(cfg: Config) -> Config:
-    """Refuse values out of range, each with a one-line reason (names: :func:`ddpm.run.check_config`)."""
-    tr, df = cfg.train, cfg.diffusion
-    checks = [
-        (df.T >= 1, f"diffusion.T must be at least 1, got {df.T}"),
-        (df.clip_x0 is None or df.clip_x0 > 0, "diffusion.clip_x0 must be positive or null"),
-        (
-            df.min_snr_gamma is None or df.min_snr_gamma > 0,
-            "diffusion.min_snr_gamma must be positive or null",
-        ),
-        (0 <= df.p_uncond < 1, "diffusion.p_uncond must lie in [0, 1)"),
-        (tr.max_steps >= 0, f"train.max_steps must be non-negative, got {tr.max_steps}"),
-        (tr.max_minutes is None or tr.max_minutes > 0, "train.max_minutes must be positive"),
-        (tr.batch_size >= 1, f"train.batch_size must be at least 1, got {tr.batch_size}"),
-        (tr.grad_accum >= 1, "train.grad_accum must be at least 1"),
-        (tr.lr > 0, f"train.lr must be positive, got {tr.lr}"),
-        (tr.warmup_steps >= 0, "train.warmup_steps must be non-negative"),
-        (0 <= tr.ema_decay < 1, "train.ema_decay must lie in [0, 1)"),
-        (
-            tr.precision in ("auto", "fp32", "bf16"),
-            f"train.precision must be auto, fp32 or bf16, got {tr.precision!r}",
-        ),
-        (tr.keep_checkpoints >= 1, "train.keep_checkpoints must be at least 1"),
-        (
-            tr.log_every >= 1 and tr.checkpoint_every >= 1,
-            "train.log_every and train.checkpoint_every must be ≥ 1",
-        ),
-        (cfg.data.n_samples >= 1, "data.n_samples must be at least 1"),
-        (
-            cfg.sample.steps is None or 1 <= cfg.sample.steps <= df.T,
-            f"sample.steps (--steps) must lie in 1…T ({df.T}), got {cfg.sample.steps}",
-        ),
-        (cfg.sample.eval_n >= 0, "sample.eval_n must be non-negative"),
-        (0 <= cfg.sample.eta <= 1, "sample.eta must lie in [0, 1]"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    """Refuse a value of the wrong type or out of its range (:data:`RULES`), each with a one-line reason;
+    every number must be finite and every integer fit in 64 bits. (Names: :func:`ddpm.run.check_config`.)"""
+    for key, value, hint in _leaves(cfg):
+        _coerce(key, value, hint)  # the type, also for a config built in Python rather than read
+        numbers = [x for x in (value if isinstance(value, tuple) else (value,)) if _is_number(x)]
+        for x in numbers:
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"{key} must be a finite number, got {x}")
+        rule = RULES.get(key)
+        if rule is not None and value is not None and not rule.ok(value):
+            null = " or null" if type(None) in typing.get_args(hint) else ""
+            raise ConfigError(f"{key} must {rule.what(value)}{null}, got {value!r}")
+        if any(isinstance(x, int) and not -(2**63) <= x < 2**63 for x in numbers):
+            raise ConfigError(f"{key} must fit in 64 bits, got {value}")
+    T, steps = cfg.diffusion.T, cfg.sample.steps
+    if steps is not None and not 1 <= steps <= T:
+        raise ConfigError(f"sample.steps (--steps) must lie in 1…T ({T}), got {steps}")
     return cfg

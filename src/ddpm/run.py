@@ -17,10 +17,11 @@ from torch import nn
 
 from ddpm.config import Config, ConfigError, validate
 from ddpm.data import sample_shape
+from ddpm.data.images import DATASETS
 from ddpm.diffusion import PREDICTIONS, VARIANCES
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine.device import resolve_device
-from ddpm.models import MODELS, build_model
+from ddpm.models import MODELS, SHAPE_ARGUMENTS, build_model, check_kwargs, parameter_count
 from ddpm.progress import progress_bar
 from ddpm.registry import check_name
 from ddpm.samplers import (
@@ -34,6 +35,9 @@ from ddpm.samplers import (
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
+
+# The largest model trained: weights, EMA, gradients and AdamW's two moments take 20 bytes a parameter (4 GB).
+MAX_PARAMETERS = 200_000_000
 
 
 class RunError(ValueError):
@@ -49,8 +53,9 @@ def build_schedule(cfg: Config) -> Schedule:
 
 
 def check_config(cfg: Config) -> Config:
-    """Refuse a config that cannot work, in one line: the ranges of its values (:func:`ddpm.config.validate`)
-    and each name, checked by the registry that owns it. Returns ``cfg``."""
+    """Refuse a config that cannot work, in one line: the ranges of its values (:func:`ddpm.config.validate`),
+    each name, checked by the registry that owns it, then whether data and model fit together
+    (:func:`check_model`). Returns ``cfg``."""
     validate(cfg)
     d = cfg.diffusion
     names = {
@@ -67,7 +72,57 @@ def check_config(cfg: Config) -> Config:
             check()
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
+    check_model(cfg)
     return cfg
+
+
+def check_model(cfg: Config) -> None:
+    """The data and the model fit together: images of the set's own shape; a model for points or for images,
+    as the data are, with arguments of the types and in the ranges it declares
+    (:func:`ddpm.models.check_kwargs`), the data's width, and at most :data:`MAX_PARAMETERS` parameters.
+    Nothing is allocated."""
+    data, name = cfg.data, cfg.model.name
+    if data.name in DATASETS:
+        side = DATASETS[data.name].image_shape[0]
+        if data.channels != 1:
+            raise ConfigError(f"data.channels must be 1 for {data.name} (grey images), got {data.channels}")
+        if data.image_size != side:
+            raise ConfigError(f"data.image_size must be {side} for {data.name}, got {data.image_size}")
+    kind = "images" if is_image(cfg) else "points"
+    if MODELS[name].data != kind:
+        fits = " or ".join(n for n, entry in MODELS.items() if entry.data == kind)
+        raise ConfigError(
+            f"model.name: {name!r} is a model for {MODELS[name].data}, but data.name {data.name!r} holds "
+            f"{kind}; choose {fits}"
+        )
+    kwargs = model_kwargs(cfg)
+    try:
+        check_kwargs(name, kwargs)
+    except ValueError as e:
+        raise ConfigError(f"model.kwargs.{e}") from None
+    width = sample_shape(data)[0]
+    for arg in SHAPE_ARGUMENTS[kind]:
+        if kwargs.get(arg) not in (None, width):
+            what = "dimension of the points" if kind == "points" else "channels of the images (data.channels)"
+            raise ConfigError(f"model.kwargs.{arg} must be {width}, the {what}, got {kwargs[arg]}")
+    try:
+        n = parameter_count(name, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot build model {name!r}: {e}") from None
+    if n > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model.kwargs give model {name!r} {n:,} parameters, more than the {MAX_PARAMETERS:,} allowed "
+            "(training needs 20 bytes a parameter)"
+        )
+
+
+def load_config(path: Path) -> Config:
+    """A config file, read and checked (:func:`check_config`); every error names the file."""
+    cfg = Config.load(path)
+    try:
+        return check_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def is_image(cfg: Config) -> bool:
@@ -75,14 +130,20 @@ def is_image(cfg: Config) -> bool:
     return len(sample_shape(cfg.data)) == 3
 
 
-def make_model(cfg: Config, source: str = "") -> nn.Module:
-    """The run's network, with a one-line error for constructor arguments it does not take."""
+def model_kwargs(cfg: Config) -> dict:
+    """The model's constructor arguments: the config's, and the images' channels unless it gives them."""
     kwargs = dict(cfg.model.kwargs)
     if is_image(cfg):
         kwargs.setdefault("in_channels", cfg.data.channels)
+    return kwargs
+
+
+def make_model(cfg: Config, source: str = "") -> nn.Module:
+    """The run's network, with a one-line error for constructor arguments it does not take and for torch's
+    errors while building it (out of memory, say)."""
     try:
-        return build_model(cfg.model.name, **kwargs)
-    except (TypeError, ValueError) as e:
+        return build_model(cfg.model.name, **model_kwargs(cfg))
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{source}cannot build model {cfg.model.name!r}: {e}") from None
 
 
@@ -259,7 +320,7 @@ def load_run(run_dir: Path, weights: str = "ema", device: str | None = None) -> 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
-    cfg = Config.load(run_dir / CONFIG_FILE)
+    cfg = load_config(run_dir / CONFIG_FILE)
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         raise RunError(f"{run_dir}: has no checkpoint yet")

@@ -31,7 +31,16 @@ from ddpm.engine.trainer import Trainer
 from ddpm.fileio import atomic_write_text
 from ddpm.metrics.points import points_report
 from ddpm.models import count_parameters
-from ddpm.run import CONFIG_FILE, RunError, build_schedule, check_config, make_model, sample, sample_steps
+from ddpm.run import (
+    CONFIG_FILE,
+    RunError,
+    build_schedule,
+    check_config,
+    load_config,
+    make_model,
+    sample,
+    sample_steps,
+)
 from ddpm.schedules import Schedule
 
 
@@ -217,7 +226,7 @@ def open_run(cfg: Config, out: Path, restart: bool, held: contextlib.ExitStack) 
     held.enter_context(writer_lock(out))
     latest = None if restart else ckpt.latest_checkpoint(out)
     if latest is not None and (out / CONFIG_FILE).exists():
-        differ = config_differences(Config.load(out / CONFIG_FILE), cfg)
+        differ = config_differences(load_config(out / CONFIG_FILE), cfg)
         if differ:
             shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
             raise RunError(
@@ -248,7 +257,8 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
     """
     out = Path(out)
     check_config(cfg)
-    make_model(cfg)  # a model the config cannot build is refused before the folder is touched
+    make_model(cfg)  # a model the config cannot build, or a device this machine lacks, is refused
+    resolve_device(cfg.train.device)  # before the folder is touched
     with contextlib.ExitStack() as held:  # rank 0's lock on the run, until its last file is written
         with distributed.process_group() as group:
             if group.rank:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -162,15 +163,51 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 
 def load_state(ckpt: Path) -> dict:
-    """A checkpoint's ``state.json``, with a one-line error for a missing, corrupted or foreign file."""
+    """A checkpoint's ``state.json``, with a one-line error for a missing, corrupted or foreign file, or for
+    a value of the wrong type (it may have no ``SHA256SUMS`` to vouch for it)."""
     path = Path(ckpt) / "state.json"
     data = _read(path)
     try:
         state = json.loads(data)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise CheckpointError(f"{path}: unreadable ({e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+    if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"{path}: not a checkpoint's state (no step)")
+
+    def count(x) -> bool:
+        return type(x) is int and 0 <= x < 2**63
+
+    def number(x) -> bool:  # NaN and infinities come from json too
+        return type(x) in (int, float) and math.isfinite(x)
+
+    def setting(x) -> bool:  # a value of an optimiser's parameter group: lr, betas, eps, flags, params
+        return x is None or type(x) is bool or number(x) or isinstance(x, list) and all(map(number, x))
+
+    def optimizer(x) -> bool:
+        groups, scalars = (x.get("param_groups"), x.get("scalars")) if isinstance(x, dict) else (0, 0)
+        return (
+            isinstance(groups, list)
+            and all(isinstance(g, dict) and all(map(setting, g.values())) for g in groups)
+            and isinstance(scalars, dict)
+            and all(map(number, scalars.values()))
+        )
+
+    rules = {
+        "step": (count, "a non-negative integer"),
+        "order": (
+            lambda x: isinstance(x, dict) and all(count(x.get(k)) for k in ("epoch", "position")),
+            "epoch and position, two non-negative integers",
+        ),
+        "train_seconds": (lambda x: number(x) and x >= 0, "a non-negative number"),
+        "images_seen": (count, "a non-negative integer"),
+        "world_size": (lambda x: count(x) and x >= 1, "a positive integer"),
+        "optimizer": (optimizer, "param_groups and scalars holding numbers"),
+    }
+    for key, (ok, what) in rules.items():
+        if key in state and not ok(state[key]):
+            shown = json.dumps(state[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CheckpointError(f"{path}: {key} must be {what}, got {shown}")
     return state
 
 

@@ -15,6 +15,15 @@ class MLPDenoiser(nn.Module):
     ``num_classes`` adds a label embedding with one extra "no label" index for classifier-free guidance.
     """
 
+    # The range of each numeric argument, checked before the model is built (ddpm.models.check_kwargs).
+    RANGES = {
+        "dim": (1, 1024),
+        "hidden": (1, 4096),
+        "layers": (1, 64),
+        "time_dim": (1, 4096),
+        "num_classes": (1, 10_000),
+    }
+
     def __init__(
         self,
         dim: int = 2,

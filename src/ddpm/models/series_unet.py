@@ -61,6 +61,15 @@ class SeriesUNet(nn.Module):
     series' class-conditioned model is the big :class:`ddpm.models.unet.UNet`).
     """
 
+    # The range of each numeric argument, checked before the model is built (ddpm.models.check_kwargs).
+    RANGES = {
+        "in_channels": (1, 64),
+        "model_channels": (1, 1024),
+        "time_dim": (1, 4096),
+        "out_channels": (1, 64),
+        "groups": (1, 1024),
+    }
+
     def __init__(
         self,
         in_channels: int = 1,

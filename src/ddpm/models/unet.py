@@ -150,6 +150,23 @@ class UNet(nn.Module):
         use_scale_shift_norm: condition through ``norm(h) * (1 + scale) + shift`` instead of a bias.
     """
 
+    # The range of each numeric argument (of each item of a list), checked before the model is built
+    # (ddpm.models.check_kwargs).
+    RANGES = {
+        "in_channels": (1, 64),
+        "out_channels": (1, 64),
+        "image_size": (1, 1024),
+        "model_channels": (1, 1024),
+        "channel_mult": (1, 64),
+        "num_res_blocks": (1, 64),
+        "attention_resolutions": (1, 1024),
+        "num_heads": (1, 1024),
+        "dropout": (0.0, 1.0),
+        "num_classes": (1, 10_000),
+        "groups": (1, 1024),
+        "time_embed_mult": (1, 64),
+    }
+
     def __init__(
         self,
         in_channels: int = 1,
