@@ -1,6 +1,7 @@
-"""Sampling that cannot give good samples says so before or instead of writing them: guidance that is not a
-finite w ≥ 0, η for a sampler that has none, weights whose samples are not finite, outputs that cannot be
-written (checked before minutes of sampling), Ctrl-C; and ``ddpm info`` says what its numbers are.
+"""What the CLI says when it cannot do what was asked: sampling that cannot give good samples (guidance
+that is not a finite w ≥ 0, η for a sampler that has none, weights whose samples are not finite, outputs that
+cannot be written, checked before minutes of sampling, Ctrl-C); training whose disk fills up, whose log
+was replaced, or whose loss explodes without becoming NaN; and ``ddpm info`` saying what its numbers are.
 
 Each refusal is one ``ddpm: error:`` line, exit status 2, and nothing written."""
 
@@ -156,3 +157,44 @@ def test_sample_help_says_the_defaults():
     assert "how many samples (default 64)" in help_text
     assert "same seed, same samples" in help_text
     assert "the EMA of the weights" in help_text
+
+
+def test_a_full_disk_at_the_end_of_training_names_the_file(tmp_path, capsys, monkeypatch):
+    """No space left when metrics.json is written, after training: the message names it, the checkpoint
+    of the finished run is kept."""
+    real = fileio.write_synced
+
+    def full_for_metrics(path, data):
+        if "metrics.json" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(fileio, "write_synced", full_for_metrics)
+    out = tmp_path / "run"
+    line = refused(capsys, train_argv(out, 10), alone=False)
+    assert f"could not write {out / 'metrics.json'}: No space left on device" in line
+    assert not (out / "metrics.json").exists() and ckpt.latest_checkpoint(out).name == "step-00000010"
+
+
+def test_a_log_with_foreign_columns_is_refused_on_resume(points_run, tmp_path, capsys):
+    """A metrics.csv whose columns are not ours (replaced by another tool): resuming says so in one line
+    instead of failing after training, and changes nothing."""
+    out = tmp_path / "run"
+    shutil.copytree(points_run, out)
+    (out / "metrics.csv").write_text("epoch,val_loss\n9,0.1\n")
+    before = snapshot(out)
+    line = refused(capsys, ["train", out / "config.json", "--out", out, "--max-steps", 20], alone=False)
+    assert f"{out / 'metrics.csv'}: not this run's log (its columns are epoch, val_loss)" in line
+    assert snapshot(out) == before
+
+
+def test_mnist_tiny_at_a_learning_rate_of_1000_stops_as_diverged(tmp_path, capsys):
+    """The issue's case: the loss explodes to ~1e3–1e7 and stays finite; training stops at the third log
+    line instead of running on to white samples."""
+    from tests.conftest import DATA
+
+    out = tmp_path / "run"
+    argv = ["train", "mnist-tiny", "--out", out, "--max-steps", 200, "--set", f"data.root={DATA}"]
+    line = refused(capsys, [*argv, "--set", "train.lr=1e3", "--set", "train.log_every=10"], alone=False)
+    assert "the loss stayed above 100 × its best" in line and "at step 30;" in line
+    assert ckpt.list_checkpoints(out) == []

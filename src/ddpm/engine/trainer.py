@@ -47,6 +47,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, BatchDraws], torch.Tensor]
 
 
+# The columns of RUN/metrics.csv, one row per log line.
+METRICS_COLUMNS = ("step", "loss", "lr", "images_per_s", "train_seconds")
+
 # Divergence before NaN: a log line whose mean loss is above DIVERGED_FACTOR × the lowest per-step loss of
 # this run, DIVERGED_LINES times in a row, stops training as a non-finite loss does; no periodic checkpoint
 # is written while the loss is that far above its best, so the last one kept is from before.
@@ -179,6 +182,14 @@ class Trainer:
             return
         with open(self.metrics_path, newline="") as f:
             rows = list(csv.reader(f))
+        if not rows:  # created, then killed before its first line: it is written again from the top
+            self.metrics_path.unlink()
+            return
+        if rows[0] != list(METRICS_COLUMNS):
+            raise ValueError(
+                f"{self.metrics_path}: not this run's log (its columns are {', '.join(rows[0])}); "
+                "move it away and run again"
+            )
         # A process killed mid-write can leave a partial last row: keep only complete rows up to our step.
         kept = rows[:1] + [
             r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) <= self.step
@@ -232,7 +243,7 @@ class Trainer:
                     self.tensorboard.add_scalar(key, float(value), int(row["step"]))
         new = not self.metrics_path.exists()
         with open(self.metrics_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
+            w = csv.DictWriter(f, fieldnames=METRICS_COLUMNS)
             if new:
                 w.writeheader()
             w.writerow(row)
