@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -15,6 +16,28 @@ TINY = [
     "data.n_samples=2000",
     "sample.eval_n=200",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_spiral_run(tmp_path_factory):
+    """The tiny run (TINY, 15 steps, seed 3), trained once per session through ``ddpm train``.
+
+    Shared by every test that needs a finished run: read it, or take a copy (``tiny_spiral_copy``) before
+    changing anything in it."""
+    from ddpm.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    assert main(["train", "spiral", "--out", str(out), "--max-steps", "15", "--seed", "3", *sets]) == 0
+    return out
+
+
+@pytest.fixture
+def tiny_spiral_copy(tiny_spiral_run, tmp_path):
+    """A copy of the session's tiny run in the test's own tmp_path, free to change."""
+    copy = tmp_path / "tiny-run"
+    shutil.copytree(tiny_spiral_run, copy)
+    return copy
 
 
 @pytest.fixture(autouse=True)

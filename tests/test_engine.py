@@ -157,13 +157,12 @@ def test_run_folder_is_complete_and_loadable(tmp_path):
     assert not torch.equal(x, run.sample(loaded.cfg, loaded.model, loaded.schedule, 16, seed=1))
 
 
-def test_weights_of_another_model_are_refused(tmp_path):
-    training.train(tiny_cfg(5), tmp_path, log=lambda *_: None)
-    cfg = json.loads((tmp_path / "config.json").read_text())
+def test_weights_of_another_model_are_refused(tiny_spiral_copy):
+    cfg = json.loads((tiny_spiral_copy / "config.json").read_text())
     cfg["model"]["kwargs"]["hidden"] = 24
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tiny_spiral_copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ckpt.CheckpointError, match="another model"):
-        run.load_run(tmp_path)
+        run.load_run(tiny_spiral_copy)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

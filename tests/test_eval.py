@@ -9,7 +9,7 @@ from PIL import Image
 
 from ddpm.cli import main
 from ddpm.metrics import lenet as lenet_module
-from tests.conftest import DATA, TINY
+from tests.conftest import DATA
 
 SMALL_UNET = [
     "model.kwargs.model_channels=8",
@@ -106,9 +106,8 @@ def test_eval_refusals_are_one_line(runs, capsys, argv, message):
     assert (sorted((run / "eval").iterdir()) if (run / "eval").exists() else []) == before
 
 
-def test_eval_refuses_a_2d_run(tmp_path, capsys):
-    run = _train(tmp_path / "spiral", "spiral", TINY)
-    assert main(["eval", str(run), "--n", "10"]) == 2
+def test_eval_refuses_a_2d_run(tiny_spiral_copy, capsys):
+    assert main(["eval", str(tiny_spiral_copy), "--n", "10"]) == 2
     assert "FLD needs a LeNet trained on the run's data" in capsys.readouterr().err
 
 

@@ -298,20 +298,13 @@ DAMAGES = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faults") / "run"
-    assert main(train_argv(out, 12)) == 0
-    return out
-
-
 @pytest.mark.parametrize("command", ["info", "sample", "train"])
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_a_damaged_or_foreign_checkpoint_is_refused(tiny_run, tmp_path, capsys, damage, command):
+def test_a_damaged_or_foreign_checkpoint_is_refused(tiny_spiral_run, tmp_path, capsys, damage, command):
     """Every command that reads the latest checkpoint refuses it in one line, changes nothing on disk and
     never unpickles anything (the bombs' marker file never appears)."""
     out = tmp_path / "run"
-    shutil.copytree(tiny_run, out)
+    shutil.copytree(tiny_spiral_run, out)  # the session's tiny run: 15 steps, so train_argv(out, 20) resumes
     change, expected = DAMAGES[damage]
     change(out, ckpt.latest_checkpoint(out))
     before = snapshot(out)
@@ -379,12 +372,11 @@ def test_a_hostile_image_folder_is_refused(tmp_path, capsys, case):
 
 
 def test_a_checkpoint_without_sha256sums_is_accepted_only_when_its_sums_are_written_again(
-    tiny_run, tmp_path, capsys
+    tiny_spiral_copy, capsys
 ):
     """Deleting SHA256SUMS turns no check off: the run is refused until the user writes the sums again with
     the command the refusal gives, and then it loads as before."""
-    out = tmp_path / "run"
-    shutil.copytree(tiny_run, out)
+    out = tiny_spiral_copy
     latest = ckpt.latest_checkpoint(out)
     sums = (latest / ckpt.SUMS).read_bytes()
     (latest / ckpt.SUMS).unlink()

@@ -53,19 +53,31 @@ def trained(mnist):
     return model, accuracy, history
 
 
-@pytest.fixture
-def small_cache(monkeypatch):
-    """Make load_lenet train two epochs on the first 3,000 training and 1,000 test digits (about 92 %)."""
+def _train_on_a_subset(monkeypatch, n_train: int, n_test: int, epochs: int) -> None:
+    """Make load_lenet train ``epochs`` epochs on the first ``n_train`` training, ``n_test`` test digits."""
 
     def subset(name, split="train", root=None, **kwargs):
         x, y = load(name, split, root=root, **kwargs)
-        n = 3000 if split == "train" else 1000
+        n = n_train if split == "train" else n_test
         return x[:n], y[:n]
 
     fetch("mnist", root=DATA, progress=False)
     monkeypatch.setattr(lenet_mod, "load", subset)
-    monkeypatch.setattr(lenet_mod, "EPOCHS", 2)
+    monkeypatch.setattr(lenet_mod, "EPOCHS", epochs)
     monkeypatch.setattr(lenet_mod, "BATCH_SIZE", 32)
+
+
+@pytest.fixture
+def small_cache(monkeypatch):
+    """Make load_lenet train two epochs on the first 3,000 training and 1,000 test digits (about 92 %)."""
+    _train_on_a_subset(monkeypatch, 3000, 1000, epochs=2)
+
+
+@pytest.fixture
+def tiny_cache(monkeypatch):
+    """For tests that only check that a LeNet is (re)trained, not how well: one epoch on 500 training and
+    200 test digits."""
+    _train_on_a_subset(monkeypatch, 500, 200, epochs=1)
 
 
 def test_shapes_and_parameter_count():
@@ -173,7 +185,7 @@ def test_cache_round_trip(tmp_path, small_cache):
     ).trained
 
 
-def test_cache_with_wrong_checksum_is_retrained(tmp_path, small_cache):
+def test_cache_with_wrong_checksum_is_retrained(tmp_path, tiny_cache):
     path = lenet_path("mnist", tmp_path)
     path.parent.mkdir(parents=True)
     weights = {k: v.contiguous() for k, v in LeNet5().state_dict().items()}
@@ -188,7 +200,7 @@ def test_cache_with_wrong_checksum_is_retrained(tmp_path, small_cache):
         assert f.metadata()["data_sha256"] == data_checksum("mnist")
 
 
-def test_unreadable_cache_is_retrained(tmp_path, small_cache):
+def test_unreadable_cache_is_retrained(tmp_path, tiny_cache):
     path = lenet_path("mnist", tmp_path)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a safetensors file")
