@@ -34,6 +34,7 @@ import torch
 from ddpm.data.idx import IdxError, read_idx
 from ddpm.fileio import atomic_path
 from ddpm.progress import progress_bar
+from ddpm.registry import check_name
 
 TRAIN_IMAGES = "train-images-idx3-ubyte"
 TRAIN_LABELS = "train-labels-idx1-ubyte"
@@ -157,10 +158,8 @@ def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
 
 def dataset_info(name: str) -> DatasetInfo:
     """Look up ``name`` in :data:`DATASETS` (case-insensitive, ``_`` and ``-`` alike)."""
-    key = name.lower().replace("_", "-")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[key]
+    key = name.lower().replace("_", "-") if isinstance(name, str) else name
+    return DATASETS[check_name("dataset", key, DATASETS)]
 
 
 def fetch(

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy.optimize import brentq
 
+from ddpm.registry import check_name
+
 __all__ = [
     "THETA_MIN",
     "THETA_MAX",
@@ -258,10 +260,7 @@ def make_toy(
     name: str, n: int, seed: int | None = None, generator: torch.Generator | None = None, noise: float = 0.0
 ) -> torch.Tensor:
     """Draw ``n`` points of the toy dataset ``name`` as a float32 tensor of shape ``(n, 2)``."""
-    try:
-        fn = TOY_DATASETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown toy dataset {name!r}; choose one of {sorted(TOY_DATASETS)}") from None
+    fn = TOY_DATASETS[check_name("toy dataset", name, TOY_DATASETS)]
     return fn(n, generator, seed=seed, noise=noise)
 
 

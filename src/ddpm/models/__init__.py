@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ddpm.registry import check_name
+
 
 class ModelEntry(NamedTuple):
     target: str  # "module:Class", imported lazily so that a 2-D run never imports the UNets
@@ -35,9 +37,7 @@ SHAPE_ARGUMENTS = {"points": ("dim",), "images": ("in_channels", "out_channels")
 
 
 def model_class(name: str) -> type[nn.Module]:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    module, cls = MODELS[name].target.split(":")
+    module, cls = MODELS[check_name("model", name, MODELS)].target.split(":")
     return getattr(import_module(module), cls)
 
 
