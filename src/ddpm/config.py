@@ -258,6 +258,9 @@ class Rule(NamedTuple):
 
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, open_lo=True), Range(0), Range(1)
+# The longest power-function EMA (ddpm.engine.posthoc_ema): γ = 0, the running mean of all weights so far,
+# whose profile is uniform on [0, t] with standard deviation t/√12.
+SIGMA_REL_MAX = 0.5 / 3**0.5  # 1/√12, written as σ_rel(γ = 0) computes it
 SEEDS = Range(-(2**40), 2**40)  # every seed derived from it (seed × 1,000,003 + epoch) fits in 64 bits
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
