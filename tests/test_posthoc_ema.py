@@ -1,13 +1,20 @@
 """Post-hoc EMA (Karras et al. 2024, sec. 3 and appendix C): σ_rel ↔ γ, the power-function EMA against its
-profile, the profiles' inner products against quadrature, and a reconstructed EMA against one tracked
-directly and against ema-pytorch's."""
+profile, the profiles' inner products against quadrature, a reconstructed EMA against one tracked directly
+and against ema-pytorch's; then a tiny run that keeps snapshots, resumes exactly, and samples a post-hoc
+EMA from the command line."""
+
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from scipy import integrate
 
-from ddpm.config import SIGMA_REL_MAX
+from ddpm import training
+from ddpm.config import SIGMA_REL_MAX, apply_overrides
+from ddpm.engine import checkpoint as ckpt
+from ddpm.engine import posthoc_ema
 from ddpm.engine.posthoc_ema import (
     PowerEMA,
     gamma_from_sigma_rel,
@@ -218,3 +225,120 @@ def test_reconstruction_agrees_with_ema_pytorch(tmp_path):
     synthesised = theirs.synthesize_ema_model(sigma_rel=target).ema_model.weight.detach()
     scale = (synthesised - model.weight.detach()).norm()
     assert (combine(x, snapshots) - synthesised).norm() / scale < 1e-3
+
+
+# --------------------------------------------------------------------------- a run that keeps snapshots
+
+POSTHOC = ["train.posthoc_ema=[0.05,0.1]", "train.posthoc_every=4"]
+
+
+def tiny_cfg(steps, extra=POSTHOC):
+    from ddpm.presets import get_preset
+    from tests.conftest import TINY
+
+    cfg = apply_overrides(get_preset("spiral"), [*TINY, *extra])
+    cfg.train.max_steps = steps
+    return cfg
+
+
+def quiet(*_):
+    pass
+
+
+def hashes(folder) -> dict[str, str]:
+    """The SHA-256 of each safetensors file of a checkpoint or snapshot (state.json holds timings)."""
+    lines = (line.split("  ") for line in (folder / ckpt.SUMS).read_text().splitlines())
+    return {name: digest for digest, name in lines if name.endswith(".safetensors")}
+
+
+def snapshot_hashes(run_dir) -> dict[str, dict[str, str]]:
+    return {p.name: hashes(p) for p in ckpt.list_step_folders(posthoc_ema.snapshot_dir(run_dir))}
+
+
+@pytest.fixture(scope="module")
+def posthoc_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("posthoc") / "run"
+    training.train(tiny_cfg(20), out, log=quiet)
+    return out
+
+
+def test_off_by_default_the_run_is_as_before(tmp_path):
+    training.train(tiny_cfg(10, extra=()), tmp_path, log=quiet)
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert not posthoc_ema.snapshot_dir(tmp_path).exists()
+    assert sorted(p.name for p in latest.iterdir()) == [
+        "SHA256SUMS",
+        "ema.safetensors",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ]
+    assert "posthoc_ema" not in ckpt.load_state(latest)
+
+
+def test_a_run_keeps_snapshots_and_its_power_emas(posthoc_run):
+    """Snapshots every 4 steps and at the last; the checkpoint holds the running power EMAs, which are the
+    last snapshot's."""
+    snapshots = posthoc_ema.list_snapshots(posthoc_run)
+    assert [s.step for s in snapshots] == [4, 8, 12, 16, 20]
+    assert snapshots[0].sigma_rels == (0.05, 0.1)
+    assert snapshots[0].gammas == (gamma_from_sigma_rel(0.05), gamma_from_sigma_rel(0.1))
+    latest = ckpt.latest_checkpoint(posthoc_run)
+    assert ckpt.load_state(latest)["posthoc_ema"] == [0.05, 0.1]
+    in_checkpoint = hashes(latest)
+    assert {k: in_checkpoint[k] for k in hashes(snapshots[-1].path)} == hashes(snapshots[-1].path)
+
+
+def test_an_interrupted_run_resumes_bit_identically(posthoc_run, tmp_path, monkeypatch):
+    """Stopped at step 13 (Ctrl-C), with a stale snapshot of step 16 left behind (as a run that crashed
+    between a snapshot and its checkpoint would leave), and resumed: the same weights, EMA, power EMAs and
+    snapshots as the uninterrupted run."""
+    from ddpm.engine.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def interrupted(self):
+        loss = original(self)
+        if self.step == 13:
+            raise KeyboardInterrupt
+        return loss
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(tiny_cfg(20), out, log=quiet)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert ckpt.latest_checkpoint(out).name == "step-00000013"
+    shutil.copytree(
+        posthoc_ema.snapshot_dir(out) / "step-00000004", posthoc_ema.snapshot_dir(out) / "step-00000016"
+    )
+    training.train(tiny_cfg(20), out, log=quiet)
+    assert hashes(ckpt.latest_checkpoint(out)) == hashes(ckpt.latest_checkpoint(posthoc_run))
+    assert snapshot_hashes(out) == snapshot_hashes(posthoc_run)
+
+
+def test_a_checkpoint_without_the_power_emas_is_refused(posthoc_run, tmp_path, capsys):
+    """config.json edited to keep other power EMAs: they cannot start mid-run (one line, exit 2)."""
+    out = tmp_path / "run"
+    shutil.copytree(posthoc_run, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["train"]["posthoc_ema"] = [0.05, 0.2]
+    (out / "config.json").write_text(json.dumps(cfg))
+    message = refused(capsys, ["train", out / "config.json", "--out", out, "--max-steps", "24"])
+    assert (
+        "kept power EMAs of σ_rel [0.05, 0.1], but the config asks for train.posthoc_ema [0.05, 0.2]"
+        in message
+    )
+
+
+def test_restart_removes_the_snapshots(posthoc_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(posthoc_run, out)
+    training.train(tiny_cfg(6), out, restart=True, log=quiet)
+    assert [s.step for s in posthoc_ema.list_snapshots(out)] == [4, 6]
+
+
+def refused(capsys, argv) -> str:
+    from tests.test_config_faults import refused as one_line_refusal
+
+    return one_line_refusal(capsys, argv)

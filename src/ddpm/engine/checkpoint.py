@@ -220,6 +220,7 @@ def load_state(ckpt: Path) -> dict:
         "images_seen": (count, "a non-negative integer"),
         "world_size": (lambda x: count(x) and x >= 1, "a positive integer"),
         "optimizer": (optimizer, "param_groups and scalars holding numbers"),
+        "posthoc_ema": (lambda x: isinstance(x, list) and all(map(number, x)), "a list of numbers"),
     }
     for key, (ok, what) in rules.items():
         if key in state and not ok(state[key]):

@@ -11,12 +11,19 @@ t: the paper's EMA lengths, 0.05 or 0.10, average over the last 5 or 10 % of tra
 from __future__ import annotations
 
 import copy
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ddpm.config import SIGMA_REL_MAX
+from ddpm.config import SIGMA_REL_MAX, SIGMA_REL_RANGE
+from ddpm.engine import checkpoint as ckpt
+
+SNAPSHOTS = "posthoc-ema"  # RUN/posthoc-ema/step-XXXXXXXX/: one snapshot of the power EMAs
 
 # --- The power-function EMA (sec. 3.1) -------------------------------------------------------------------
 
@@ -35,10 +42,10 @@ def gamma_from_sigma_rel(sigma_rel: float) -> float:
     Squared, with its denominators cleared, σ_rel² (γ+2)² (γ+3) = γ+1 is the cubic
     γ³ + 7γ² + (16 − σ_rel⁻²) γ + (12 − σ_rel⁻²) = 0. For 0 < σ_rel < 1/√12 it has one positive root (σ_rel
     falls as γ grows from 0) and its other roots have real parts below −7/2 (the roots sum to −7), so γ is
-    the root with the largest real part. σ_rel = 1/√12 is γ = 0, the plain running mean of all weights.
+    the root with the largest real part. σ_rel = 1/√12 is γ = 0, the running mean of all weights.
     """
     if not 0 < sigma_rel <= SIGMA_REL_MAX:
-        raise ValueError(f"σ_rel must lie in (0, 1/√12 ≈ {SIGMA_REL_MAX:.4f}], got {sigma_rel}")
+        raise ValueError(f"σ_rel must lie in {SIGMA_REL_RANGE}, got {sigma_rel}")
     k = 1.0 / sigma_rel**2
     roots = np.roots([1.0, 7.0, 16.0 - k, 12.0 - k])
     return max(0.0, float(roots.real.max()))  # max(0, …): σ_rel = 1/√12 may round to a root of −1e-16
@@ -124,3 +131,60 @@ class PowerEMA:
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """The EMAs' weights by file name, ``power-ema-0`` for the first σ_rel, and so on."""
         return {f"power-ema-{i}": ema.state_dict() for i, ema in enumerate(self.models)}
+
+
+# --- Snapshots in the run folder -------------------------------------------------------------------------
+
+
+def snapshot_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / SNAPSHOTS
+
+
+def save_snapshot(run_dir: Path, step: int, power: PowerEMA) -> Path:
+    """Write ``RUN/posthoc-ema/step-XXXXXXXX/``: the EMAs (:meth:`PowerEMA.tensors`), and their σ_rel and γ
+    in ``state.json``, atomically and checksummed as a checkpoint is (:func:`ckpt.save_step_folder`).
+
+    Raises:
+        CheckpointWriteError: the write failed (full disk, read-only folder); nothing of it is left.
+    """
+    state = {"step": step, "sigma_rel": list(power.sigma_rels), "gamma": list(power.gammas)}
+    try:
+        return ckpt.save_step_folder(snapshot_dir(run_dir), step, power.tensors(), state)
+    except OSError as e:
+        where = snapshot_dir(run_dir) / f"{ckpt.PREFIX}{step:08d}"
+        raise ckpt.CheckpointWriteError(
+            f"could not write the post-hoc EMA snapshot {where}: {e.strerror or e}; {ckpt.kept(run_dir)}"
+        ) from e
+
+
+def remove_snapshots_after(run_dir: Path, step: int) -> None:
+    """Drop snapshots of steps after ``step``, the checkpoint a run resumes from: those steps are redone."""
+    for folder in ckpt.list_step_folders(snapshot_dir(run_dir)):
+        if int(folder.name[len(ckpt.PREFIX) :]) > step:
+            shutil.rmtree(folder)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One snapshot folder: its step and, for each of its files ``power-ema-i``, the EMA's σ_rel and γ."""
+
+    path: Path
+    step: int
+    sigma_rels: tuple[float, ...]
+    gammas: tuple[float, ...]
+
+
+def list_snapshots(run_dir: Path) -> list[Snapshot]:
+    """The run's snapshots, oldest first, with a one-line error for a damaged ``state.json``."""
+    found = []
+    for folder in ckpt.list_step_folders(snapshot_dir(run_dir)):
+        state = ckpt.load_state(folder)
+        sigma_rels, gammas = state.get("sigma_rel"), state.get("gamma")
+        lists = isinstance(sigma_rels, list) and isinstance(gammas, list) and len(sigma_rels) == len(gammas)
+        if not lists or not all(type(x) in (int, float) and math.isfinite(x) for x in sigma_rels + gammas):
+            raise ckpt.CheckpointError(
+                f"{folder / 'state.json'}: not a post-hoc EMA snapshot (sigma_rel and gamma, two lists of "
+                "numbers of one length)"
+            )
+        found.append(Snapshot(folder, state["step"], tuple(sigma_rels), tuple(gammas)))
+    return found
