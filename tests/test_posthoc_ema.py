@@ -11,7 +11,8 @@ import pytest
 import torch
 from scipy import integrate
 
-from ddpm import training
+from ddpm import run, training
+from ddpm.cli import main
 from ddpm.config import SIGMA_REL_MAX, apply_overrides
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine import posthoc_ema
@@ -338,7 +339,71 @@ def test_restart_removes_the_snapshots(posthoc_run, tmp_path):
     assert [s.step for s in posthoc_ema.list_snapshots(out)] == [4, 6]
 
 
+def test_a_stored_length_is_rebuilt_as_its_last_snapshot(posthoc_run):
+    loaded = run.load_run(posthoc_run, ema_sigma_rel=0.05)
+    last = ckpt.load_tensors(
+        posthoc_ema.snapshot_dir(posthoc_run) / "step-00000020" / "power-ema-0.safetensors"
+    )
+    assert loaded.step == 20 and loaded.posthoc.profile_error < 1e-6
+    for name, value in loaded.model.state_dict().items():
+        assert torch.allclose(value, last[name], rtol=0, atol=1e-6), name
+
+
+def test_cli_samples_a_post_hoc_ema(posthoc_run, tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    assert main(["sample", str(posthoc_run), "--n", "50", "--out", str(out), "--ema-sigma-rel", "0.07"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"wrote {out} (post-hoc EMA σ_rel 0.07 at step 20, from 5 snapshots")
+    assert np.isfinite(np.load(out)).all()
+    assert main(["info", str(posthoc_run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["posthoc_ema"] == {"sigma_rel": [0.05, 0.1], "snapshot_steps": [4, 8, 12, 16, 20]}
+
+
 def refused(capsys, argv) -> str:
     from tests.test_config_faults import refused as one_line_refusal
 
     return one_line_refusal(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--ema-sigma-rel", "0.3"], "--ema-sigma-rel 0.3: σ_rel must lie in (0, 1/√12 ≈ 0.28867], got 0.3"),
+        (["--ema-sigma-rel", "0"], "--ema-sigma-rel 0: σ_rel must lie in"),
+        (["--ema-sigma-rel", "nan"], "--ema-sigma-rel nan: σ_rel must lie in"),
+        (
+            ["--ema-sigma-rel", "0.1", "--weights", "model"],
+            "a post-hoc EMA replaces the EMA, not --weights model",
+        ),
+    ],
+)
+def test_cli_refuses_a_bad_length_in_one_line(posthoc_run, tmp_path, capsys, flags, message):
+    assert message in refused(capsys, ["sample", posthoc_run, "--out", tmp_path / "x.png", *flags])
+
+
+def test_cli_refuses_a_run_without_snapshots_or_with_a_damaged_one(posthoc_run, tmp_path, capsys):
+    from tests.test_faults import _resum
+
+    out = tmp_path / "run"
+    shutil.copytree(posthoc_run, out)
+    argv = ["sample", out, "--out", tmp_path / "x.png", "--ema-sigma-rel", "0.1"]
+    damaged = posthoc_ema.snapshot_dir(out) / "step-00000008" / "power-ema-1.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    assert refused(capsys, argv).endswith(
+        "power-ema-1.safetensors: failed its SHA-256 check (truncated or corrupted)"
+    )
+    shutil.rmtree(damaged.parent)
+    state = posthoc_ema.snapshot_dir(out) / "step-00000012" / "state.json"
+    state.write_text(json.dumps({"step": 12, "sigma_rel": [0.05, 0.1], "gamma": [-3.0, "x"]}))
+    _resum(state.parent)  # damage past the checksum, for the parser
+    assert "step-00000012/state.json: not a post-hoc EMA snapshot's state" in refused(capsys, argv)
+    shutil.rmtree(posthoc_ema.snapshot_dir(out))
+    assert "has no post-hoc EMA snapshots" in refused(capsys, argv)
+
+
+def test_eval_reports_are_named_by_the_ema_length():
+    from ddpm.evaluate import eval_name
+
+    assert eval_name("ddpm", 100, 1000, None, 0, ema_sigma_rel=0.1) == "ddpm-100-n1000-ema0.1-s0"
+    assert eval_name("ddpm", 100, 1000, None, 0) == "ddpm-100-n1000-s0"

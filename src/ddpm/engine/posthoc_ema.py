@@ -181,10 +181,62 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
         state = ckpt.load_state(folder)
         sigma_rels, gammas = state.get("sigma_rel"), state.get("gamma")
         lists = isinstance(sigma_rels, list) and isinstance(gammas, list) and len(sigma_rels) == len(gammas)
-        if not lists or not all(type(x) in (int, float) and math.isfinite(x) for x in sigma_rels + gammas):
+        numbers = lists and all(type(x) in (int, float) and math.isfinite(x) for x in sigma_rels + gammas)
+        step = int(folder.name[len(ckpt.PREFIX) :])
+        if not (numbers and min(gammas, default=0) >= 0 and state["step"] == step and step >= 1):
             raise ckpt.CheckpointError(
-                f"{folder / 'state.json'}: not a post-hoc EMA snapshot (sigma_rel and gamma, two lists of "
-                "numbers of one length)"
+                f"{folder / 'state.json'}: not a post-hoc EMA snapshot's state (its folder's step, and "
+                "sigma_rel and gamma ≥ 0, two lists of numbers of one length)"
             )
         found.append(Snapshot(folder, state["step"], tuple(sigma_rels), tuple(gammas)))
     return found
+
+
+@dataclass
+class Reconstruction:
+    """A power-function EMA rebuilt after training: its weights, and how well its profile was matched."""
+
+    tensors: dict[str, torch.Tensor]
+    sigma_rel: float
+    step: int
+    snapshots: list[Snapshot]  # those combined: every snapshot up to ``step``
+    profile_error: float  # ‖Σ x_i p_i − p_r‖ / ‖p_r‖ (posthoc_coefficients)
+
+
+def reconstruct(run_dir: Path, sigma_rel: float, step: int | None = None) -> Reconstruction:
+    """The power-function EMA of length ``sigma_rel`` at ``step`` (a snapshot's step; default: the last),
+    rebuilt from the run's snapshots up to that step (:func:`posthoc_coefficients`).
+
+    The floating-point tensors are combined in float64 and returned in their own dtype; any other tensor
+    (an integer buffer) is the last snapshot's. Snapshots are read one at a time.
+    """
+    gamma = gamma_from_sigma_rel(sigma_rel)
+    snapshots = list_snapshots(run_dir)
+    if not snapshots:
+        raise ValueError(
+            f"{run_dir}: has no post-hoc EMA snapshots (they are kept by training with, for example, "
+            "--set train.posthoc_ema=[0.05,0.1])"
+        )
+    steps = [s.step for s in snapshots]
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise ValueError(
+            f"{run_dir}: has no post-hoc EMA snapshot of step {step} (they span {steps[0]}…{steps[-1]})"
+        )
+    used = [s for s in snapshots if s.step <= step]
+    x, error = posthoc_coefficients(
+        [s.step for s in used for _ in s.gammas], [g for s in used for g in s.gammas], step, gamma
+    )
+    files = [s.path / f"power-ema-{i}.safetensors" for s in used for i in range(len(s.gammas))]
+    total: dict[str, torch.Tensor] = {}  # Σ x_i θ̂_i, tensor by tensor
+    for coefficient, path in zip(x, files):
+        tensors = ckpt.load_tensors(path)
+        if total and {k: v.shape for k, v in tensors.items()} != {k: v.shape for k, v in total.items()}:
+            raise ckpt.CheckpointError(f"{path}: holds other weights than {files[0]}")
+        for name, value in tensors.items():
+            if value.is_floating_point():
+                total[name] = total.get(name, 0) + float(coefficient) * value.double()
+            else:
+                total[name] = value
+    weights = {name: value.to(tensors[name].dtype) for name, value in total.items()}
+    return Reconstruction(weights, sigma_rel, step, used, error)
