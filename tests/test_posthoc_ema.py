@@ -263,8 +263,9 @@ def posthoc_run(tmp_path_factory):
     return out
 
 
-def test_off_by_default_the_run_is_as_before(tmp_path):
-    training.train(tiny_cfg(10, extra=()), tmp_path, log=quiet)
+def test_off_by_default_and_changes_nothing_else_when_on(posthoc_run, tmp_path):
+    """Off, a run writes what it wrote before; on, it trains the same weights and EMA."""
+    training.train(tiny_cfg(20, extra=()), tmp_path, log=quiet)
     latest = ckpt.latest_checkpoint(tmp_path)
     assert not posthoc_ema.snapshot_dir(tmp_path).exists()
     assert sorted(p.name for p in latest.iterdir()) == [
@@ -275,6 +276,10 @@ def test_off_by_default_the_run_is_as_before(tmp_path):
         "state.json",
     ]
     assert "posthoc_ema" not in ckpt.load_state(latest)
+    on = hashes(ckpt.latest_checkpoint(posthoc_run))
+    assert hashes(latest) == {
+        name: on[name] for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
+    }
 
 
 def test_a_run_keeps_snapshots_and_its_power_emas(posthoc_run):
