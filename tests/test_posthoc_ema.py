@@ -354,6 +354,17 @@ def test_a_stored_length_is_rebuilt_as_its_last_snapshot(posthoc_run):
         assert torch.allclose(value, last[name], rtol=0, atol=1e-6), name
 
 
+def test_an_earlier_snapshot_is_rebuilt_from_the_snapshots_up_to_it(posthoc_run):
+    rebuilt = posthoc_ema.reconstruct(posthoc_run, 0.1, step=12)
+    assert rebuilt.step == 12 and [s.step for s in rebuilt.snapshots] == [4, 8, 12]
+    stored = ckpt.load_tensors(
+        posthoc_ema.snapshot_dir(posthoc_run) / "step-00000012" / "power-ema-1.safetensors"
+    )
+    assert all(torch.allclose(rebuilt.tensors[k], v, rtol=0, atol=1e-6) for k, v in stored.items())
+    with pytest.raises(ValueError, match="no post-hoc EMA snapshot of step 13"):
+        posthoc_ema.reconstruct(posthoc_run, 0.1, step=13)
+
+
 def test_cli_samples_a_post_hoc_ema(posthoc_run, tmp_path, capsys):
     out = tmp_path / "x.npy"
     assert main(["sample", str(posthoc_run), "--n", "50", "--out", str(out), "--ema-sigma-rel", "0.07"]) == 0

@@ -2,10 +2,10 @@
 sec. 3 and appendix C): choose the length of the weights' average after training instead of before.
 
 Training keeps a few power-function EMAs (:class:`PowerEMA`), whose averaging profile has the same shape at
-every step t, and stores them every so often. Any other power-function EMA at a stored step is afterwards a
-linear combination of the stored snapshots, found by least squares on the profiles
+every step t, and stores them every so often. Any other power-function EMA at a stored step is afterwards
+approximated by a linear combination of the stored snapshots, found by least squares on the profiles
 (:func:`posthoc_coefficients`). The length of an EMA is σ_rel, its profile's standard deviation relative to
-t: the paper's EMA lengths, 0.05 or 0.10, average over the last 5 or 10 % of training, roughly.
+t: the paper's 0.05 puts 95 % of the weight on the last 15 % of training, and 0.10 on the last 30 %.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def power_beta(t: int, gamma: float) -> float:
 
 
 def power_profile(tau, t: float, gamma: float):
-    """p_t(τ) = (γ+1) τ^γ / t^(γ+1) for 0 ≤ τ ≤ t, else 0 (sec. 3.1): the weight the
-    power-function EMA at time t gives the weights of time τ. It integrates to 1."""
+    """p_t(τ) = (γ+1) τ^γ / t^(γ+1) for 0 ≤ τ ≤ t, else 0 (sec. 3.1): the weight the power-function EMA at
+    time t gives the weights of time τ. It integrates to 1."""
     tau = np.asarray(tau, dtype=np.float64)
     inside = (tau >= 0) & (tau <= t)
     return np.where(inside, (gamma + 1) / t * (np.clip(tau, 0, t) / t) ** gamma, 0.0)
@@ -183,7 +183,7 @@ def list_snapshots(run_dir: Path) -> list[Snapshot]:
         lists = isinstance(sigma_rels, list) and isinstance(gammas, list) and len(sigma_rels) == len(gammas)
         numbers = lists and all(type(x) in (int, float) and math.isfinite(x) for x in sigma_rels + gammas)
         step = int(folder.name[len(ckpt.PREFIX) :])
-        if not (numbers and min(gammas, default=0) >= 0 and state["step"] == step and step >= 1):
+        if not (numbers and gammas and min(gammas) >= 0 and state["step"] == step and step >= 1):
             raise ckpt.CheckpointError(
                 f"{folder / 'state.json'}: not a post-hoc EMA snapshot's state (its folder's step, and "
                 "sigma_rel and gamma ≥ 0, two lists of numbers of one length)"
