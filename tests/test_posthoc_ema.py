@@ -418,8 +418,30 @@ def test_cli_refuses_a_run_without_snapshots_or_with_a_damaged_one(posthoc_run, 
     assert "has no post-hoc EMA snapshots" in refused(capsys, argv)
 
 
-def test_eval_reports_are_named_by_the_ema_length():
-    from ddpm.evaluate import eval_name
+def test_eval_measures_a_post_hoc_ema_and_names_its_report(tmp_path, mnist_lenet, capsys):
+    from tests.conftest import DATA
 
-    assert eval_name("ddpm", 100, 1000, None, 0, ema_sigma_rel=0.1) == "ddpm-100-n1000-ema0.1-s0"
-    assert eval_name("ddpm", 100, 1000, None, 0) == "ddpm-100-n1000-s0"
+    out = tmp_path / "run"
+    sets = [f"data.root={DATA}", "diffusion.T=50", "sample.steps=3", "train.sample_n=4", *POSTHOC]
+    assert (
+        main(
+            [
+                "train",
+                "mnist-tiny",
+                "--out",
+                str(out),
+                "--max-steps",
+                "4",
+                *(a for s in sets for a in ("--set", s)),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", str(out), "--n", "30", "--steps", "2", "--ema-sigma-rel", "0.1", "--json"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(printed.strip().splitlines()[-1])
+    assert "post-hoc EMA σ_rel" in printed
+    assert report["ema_sigma_rel"] == 0.1 and report["ema_profile_error"] < 1e-6  # a stored length
+    assert report["checkpoint_step"] == 4
+    assert (out / "eval" / "ddpm-2-n30-ema0.1-s0.json").is_file()
