@@ -18,6 +18,7 @@ from ddpm import plotting, run
 from ddpm.config import Config, ConfigError, apply_overrides
 from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
+from ddpm.engine import posthoc_ema
 from ddpm.engine.distributed import PeerFailed
 from ddpm.fileio import atomic_path
 from ddpm.metrics.inception import InceptionError
@@ -52,15 +53,20 @@ def cmd_train(args) -> int:
         return 0
     picture = "grid.png" if run.is_image(cfg) else "points.png"
     step = metrics["step"]
-    wrote = f"step {step} of {cfg.train.max_steps} (checkpoints/step-{step:08d}, metrics.json, samples/)"
-    print(f"wrote {out}: {wrote}; next: ddpm sample {out} --out {picture}")
+    posthoc = cfg.train.posthoc_ema
+    folders = f"checkpoints/step-{step:08d}{', posthoc-ema/' if posthoc else ''}, metrics.json, samples/"
+    wrote = f"step {step} of {cfg.train.max_steps} ({folders})"
+    ema = " [--ema-sigma-rel S]" if posthoc else ""
+    print(f"wrote {out}: {wrote}; next: ddpm sample {out} --out {picture}{ema}")
     if args.json:
         print(json.dumps(metrics))
     return 0
 
 
 def cmd_sample(args) -> int:
-    loaded = run.load_run(Path(args.run), weights=args.weights, device=args.device)
+    loaded = run.load_run(
+        Path(args.run), weights=args.weights, device=args.device, ema_sigma_rel=args.ema_sigma_rel
+    )
     cfg = run.sampling_config(
         loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta
     )
@@ -94,8 +100,18 @@ def cmd_sample(args) -> int:
             plotting.grid_gif(gif, frames.states)
         else:
             plotting.points_gif(gif, frames.states, [f"t = {t}" for t in frames.t])
-    print(f"wrote {out}" + (f" and {gif}" if gif else ""))
+    print(f"wrote {out}" + (f" and {gif}" if gif else "") + _posthoc_note(loaded.posthoc))
     return 0
+
+
+def _posthoc_note(posthoc) -> str:
+    """What a post-hoc EMA is made of, for the line that says what was written."""
+    if posthoc is None:
+        return ""
+    return (
+        f" (post-hoc EMA σ_rel {posthoc.sigma_rel:g} at step {posthoc.step}, from {len(posthoc.snapshots)}"
+        f" snapshots; its profile is matched within {posthoc.profile_error:.1%})"
+    )
 
 
 def _check_writable(path: Path, suffixes: tuple[str, ...], flag: str) -> None:
@@ -140,6 +156,7 @@ def cmd_info(args) -> int:
         "weights_tensors_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "model.safetensors")),
         "ema_tensors_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "ema.safetensors")),
         "world_size": state.get("world_size", 1),
+        "posthoc_ema": _posthoc_info(run_dir, loaded.cfg),
         "train_seconds": state.get("train_seconds"),
         "checkpoint": latest.name,
         "metrics": _final_metrics(run_dir / "metrics.json"),
@@ -155,6 +172,11 @@ def cmd_info(args) -> int:
     for key in ("weights_tensors_sha256", "ema_tensors_sha256"):
         print(f"{key:>22}: {info[key]}")
     print(f"{'':>22}  (SHA-256 of the tensors' names, shapes and values: equal iff the weights are)")
+    if info["posthoc_ema"]:
+        kept, steps = info["posthoc_ema"]["sigma_rel"], info["posthoc_ema"]["snapshot_steps"]
+        span = f", steps {steps[0]}…{steps[-1]}" if steps else ""
+        print(f"{'posthoc_ema':>22}: σ_rel {', '.join(f'{s:g}' for s in kept)}; {len(steps)} snapshots{span}")
+        print(f"{'':>22}  (an EMA of any length σ_rel S: ddpm sample {run_dir} --ema-sigma-rel S)")
     if info["metrics"]:
         print(
             f"{'metrics':>22}: "
@@ -169,6 +191,15 @@ def cmd_info(args) -> int:
             )
     print(f"{'config':>22}: " + json.dumps(info["config"], indent=2).replace("\n", "\n" + " " * 24))
     return 0
+
+
+def _posthoc_info(run_dir: Path, cfg: Config) -> dict | None:
+    """The power EMAs the run keeps for post-hoc EMA and the steps of their snapshots, or None."""
+    if not cfg.train.posthoc_ema:
+        return None
+    folders = ckpt.list_step_folders(posthoc_ema.snapshot_dir(run_dir))
+    steps = [int(p.name[len(ckpt.PREFIX) :]) for p in folders]
+    return {"sigma_rel": list(cfg.train.posthoc_ema), "snapshot_steps": steps}
 
 
 def cmd_data_fetch(args) -> int:
@@ -190,6 +221,8 @@ EVAL_ROWS = (
     ("sampler", "sampler"),
     ("steps", "steps"),
     ("guidance", "guidance"),
+    ("ema_sigma_rel", "post-hoc EMA σ_rel"),
+    ("ema_profile_error", "its profile's error"),
     ("n", "n"),
     ("seed", "seed"),
     ("sample_seconds", "sampling seconds"),
@@ -214,6 +247,7 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         name=args.name,
+        ema_sigma_rel=args.ema_sigma_rel,
         log=lambda message: print(message, file=sys.stderr),
     )
     for key, label in EVAL_ROWS:
@@ -299,6 +333,15 @@ def cmd_lenet_train(args) -> int:
     return 0
 
 
+def _ema_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ema-sigma-rel",
+        type=float,
+        metavar="S",
+        help="use the post-hoc EMA of length σ_rel S, rebuilt from the run's snapshots (train.posthoc_ema)",
+    )
+
+
 def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's") -> None:
     """--sampler, --steps, --spacing, --eta and --guidance, shared by sample, eval and sweep."""
     p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's (ddpm)")
@@ -355,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="ema",
         help="the EMA of the weights (default; what the run was made for) or the raw trained weights",
     )
+    _ema_flag(p)
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.set_defaults(func=cmd_sample)
 
@@ -373,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_flags(p)
     p.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
     p.add_argument("--fid", action="store_true", help="also the standard FID on Inception-v3 (slow on a CPU)")
+    _ema_flag(p)
     p.add_argument(
         "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
     )

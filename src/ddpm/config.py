@@ -73,6 +73,8 @@ class TrainConfig:
     grad_accum: int = 1
     ema_decay: float = 0.999
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + step) / (10 + step))
+    posthoc_ema: tuple = ()  # σ_rel of power-function EMAs kept for post-hoc EMA, e.g. (0.05, 0.1); () = off
+    posthoc_every: int = 100  # steps between their snapshots in RUN/posthoc-ema (and one at max_steps)
     precision: str = "auto"  # fp32, bf16 (autocast) or auto (bf16 where the hardware has it natively)
     channels_last: bool = False
     device: str = "auto"  # auto, cpu, cuda, cuda:1, …
@@ -258,6 +260,10 @@ class Rule(NamedTuple):
 
 
 POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, open_lo=True), Range(0), Range(1)
+# The longest power-function EMA (ddpm.engine.posthoc_ema): γ = 0, the running mean of all weights so far,
+# whose profile is uniform on [0, t] with standard deviation t/√12.
+SIGMA_REL_MAX = 0.5 / 3**0.5  # 1/√12, written as σ_rel(γ = 0) computes it
+SIGMA_REL_RANGE = "(0, 1/√12 ≈ 0.28867]"  # the lengths σ_rel a power-function EMA can have
 SEEDS = Range(-(2**40), 2**40)  # every seed derived from it (seed × 1,000,003 + epoch) fits in 64 bits
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
@@ -265,6 +271,12 @@ DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 def _two_betas(betas) -> bool:
     return len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)
+
+
+def _sigma_rels(values) -> bool:
+    """At most 8 distinct EMA lengths σ_rel that a power-function EMA can have (ddpm.engine.posthoc_ema)."""
+    fit = all(_is_number(s) and 0 < s <= SIGMA_REL_MAX for s in values)
+    return fit and len(values) <= 8 and len(set(values)) == len(values)
 
 
 # Every value but the names (checked by their registries: ddpm.run.check_config), the paths, the switches
@@ -292,6 +304,8 @@ RULES: dict[str, Range | Rule] = {
     "train.grad_clip": POSITIVE,
     "train.grad_accum": Range(1, 1024),
     "train.ema_decay": Range(0, 1, open_hi=True),
+    "train.posthoc_ema": Rule(_sigma_rels, f"be at most 8 distinct σ_rel, each in {SIGMA_REL_RANGE}"),
+    "train.posthoc_every": AT_LEAST_1,
     "train.precision": Rule(lambda p: p in ("auto", "fp32", "bf16"), "be auto, fp32 or bf16"),
     "train.device": Rule(lambda d: DEVICE.fullmatch(d) is not None, f"be {DEVICES}"),
     "train.num_threads": Range(1, 1024),

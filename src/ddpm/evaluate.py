@@ -49,13 +49,21 @@ GRID_N = 100
 
 
 def eval_name(
-    sampler: str, steps: int, n: int, guidance: float | None, seed: int, spacing: str = "uniform", eta=0.0
+    sampler: str,
+    steps: int,
+    n: int,
+    guidance: float | None,
+    seed: int,
+    spacing: str = "uniform",
+    eta=0.0,
+    ema_sigma_rel: float | None = None,
 ) -> str:
-    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-s0``."""
+    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-ema0.1-s0``."""
     e = f"-eta{eta:g}" if sampler == "ddim" and eta else ""
     sp = f"-{spacing}" if spacing != "uniform" else ""
     g = f"-g{guidance:g}" if guidance is not None else ""
-    return f"{sampler}-{steps}{e}{sp}-n{n}{g}-s{seed}"
+    ema = f"-ema{ema_sigma_rel:g}" if ema_sigma_rel is not None else ""
+    return f"{sampler}-{steps}{e}{sp}-n{n}{g}{ema}-s{seed}"
 
 
 def check_report_name(name: str) -> str:
@@ -157,19 +165,21 @@ def evaluate_run(
     batch_size: int | None = None,
     device: str | None = None,
     name: str | None = None,
+    ema_sigma_rel: float | None = None,
     progress: bool = True,
     log=print,
     reference: ReferenceSet | None = None,
 ) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report.
 
-    ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves reloading it when one run is
-    measured many times."""
+    ``ema_sigma_rel`` samples the post-hoc EMA of that length instead of the run's EMA
+    (:func:`ddpm.run.load_run`). ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves
+    reloading it when one run is measured many times."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if name:
         check_report_name(name)
-    loaded = load_run(run_dir, weights="ema", device=device)
+    loaded = load_run(run_dir, weights="ema", device=device, ema_sigma_rel=ema_sigma_rel)
     cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, eta=eta)
     num_classes = cfg.model.num_classes
     requested = torch.arange(n) % num_classes if num_classes else None
@@ -177,7 +187,9 @@ def evaluate_run(
     if batch_size is None:  # smaller batches sample faster on a CPU (docs/results.md)
         batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
     steps = sample_steps(cfg)
-    name = name or eval_name(cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta)
+    name = name or eval_name(
+        cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta, ema_sigma_rel
+    )
     dataset = cfg.data.name
     if reference is None or reference.dataset != dataset:
         reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
@@ -206,6 +218,8 @@ def evaluate_run(
         spacing=cfg.sample.spacing,
         eta=cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
         guidance=guidance,
+        ema_sigma_rel=ema_sigma_rel,
+        ema_profile_error=loaded.posthoc.profile_error if loaded.posthoc else None,
         n=n,
         seed=seed,
         lenet_test_accuracy=reference.classifier.test_accuracy,

@@ -20,6 +20,7 @@ from ddpm.data import sample_shape
 from ddpm.data.images import DATASETS
 from ddpm.diffusion import PREDICTIONS, VARIANCES
 from ddpm.engine import checkpoint as ckpt
+from ddpm.engine import posthoc_ema
 from ddpm.engine.device import resolve_device
 from ddpm.models import MODELS, SHAPE_ARGUMENTS, build_model, check_kwargs, parameter_count
 from ddpm.progress import progress_bar
@@ -311,12 +312,19 @@ class LoadedRun:
     cfg: Config
     model: nn.Module
     schedule: Schedule
-    step: int
+    step: int  # of the weights loaded
     checkpoint: Path
+    posthoc: posthoc_ema.Reconstruction | None = None  # when the weights are a post-hoc EMA
 
 
-def load_run(run_dir: Path, weights: str = "ema", device: str | None = None) -> LoadedRun:
-    """Rebuild a run's model from its folder alone (config.json and the latest checkpoint)."""
+def load_run(
+    run_dir: Path, weights: str = "ema", device: str | None = None, ema_sigma_rel: float | None = None
+) -> LoadedRun:
+    """Rebuild a run's model from its folder alone (config.json and the latest checkpoint).
+
+    ``ema_sigma_rel`` loads instead the post-hoc EMA of that length at the run's last snapshot, rebuilt
+    from the snapshots training kept (``train.posthoc_ema``; :func:`ddpm.engine.posthoc_ema.reconstruct`).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
@@ -326,7 +334,22 @@ def load_run(run_dir: Path, weights: str = "ema", device: str | None = None) -> 
         raise RunError(f"{run_dir}: has no checkpoint yet")
     dev = resolve_device(device or cfg.train.device)
     model = make_model(cfg, source=f"{run_dir}/{CONFIG_FILE}: ")
-    path = latest / f"{weights}.safetensors"
-    ckpt.load_into(model, ckpt.load_tensors(path), path)
-    state = ckpt.load_state(latest)
-    return LoadedRun(cfg, model.to(dev).eval(), build_schedule(cfg).to(dev), state["step"], latest)
+    if ema_sigma_rel is not None:
+        if weights != "ema":
+            raise RunError(
+                f"--ema-sigma-rel {ema_sigma_rel:g}: a post-hoc EMA replaces the EMA, not --weights {weights}"
+            )
+        try:
+            posthoc = posthoc_ema.reconstruct(run_dir, ema_sigma_rel)
+        except ckpt.CheckpointError:  # a damaged snapshot: the message names its file
+            raise
+        except ValueError as e:  # a length no power EMA has, or no snapshots
+            raise RunError(f"--ema-sigma-rel {ema_sigma_rel:g}: {e}") from None
+        ckpt.load_into(model, posthoc.tensors, posthoc.snapshots[-1].path)
+        loaded = LoadedRun(cfg, model, build_schedule(cfg), posthoc.step, latest, posthoc)
+    else:
+        path = latest / f"{weights}.safetensors"
+        ckpt.load_into(model, ckpt.load_tensors(path), path)
+        loaded = LoadedRun(cfg, model, build_schedule(cfg), ckpt.load_state(latest)["step"], latest)
+    loaded.model, loaded.schedule = model.to(dev).eval(), loaded.schedule.to(dev)
+    return loaded

@@ -80,6 +80,8 @@ BUDGETS = ("train.max_steps", "train.max_minutes")  # the only settings a resume
 RUN_OUTPUTS = (
     r"checkpoints/step-\d+",  # the checkpoints (ddpm.engine.checkpoint)
     r"checkpoints/\.tmp-step-\d+-\d+",  # one a killed process was writing
+    r"posthoc-ema/step-\d+",  # snapshots of the power EMAs (ddpm.engine.posthoc_ema)
+    r"posthoc-ema/\.tmp-step-\d+-\d+",
     r"metrics\.csv",
     r"metrics\.json",
     r"loss\.png",

@@ -6,7 +6,8 @@ in the format of ``sha256sum -c``). It is written under a temporary name, every 
 into place in one step, so a crash at any moment leaves either the complete new checkpoint or none; a write
 that fails (full disk, read-only folder) leaves the earlier checkpoints as they were and says so. Loading
 checks each file against ``SHA256SUMS`` (a checkpoint without one is refused) and reads tensors and JSON
-only: no pickle, ever.
+only: no pickle, ever. Other step folders of a run (the post-hoc EMA snapshots) are written the same way
+(:func:`save_step_folder`).
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders of interrupted writes are ignored)."""
-    root = checkpoint_dir(run_dir)
+def list_step_folders(root: Path) -> list[Path]:
+    """The complete ``step-XXXXXXXX`` folders under ``root``, oldest first (temporary folders of interrupted
+    writes are ignored)."""
+    root = Path(root)
     if not root.is_dir():
         return []
     found = [
@@ -52,6 +54,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX) :].isdigit()
     ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of interrupted writes are ignored)."""
+    return list_step_folders(checkpoint_dir(run_dir))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -69,6 +76,40 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
 
+def save_step_folder(root: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
+    """Write ``root/step-XXXXXXXX/``: ``{name}.safetensors`` per entry of ``tensors``, ``state.json`` and
+    ``SHA256SUMS``, under a temporary name, fsynced, then renamed into place. A folder already there is kept.
+
+    Raises:
+        OSError: the write failed (full disk, read-only folder); its partial files are removed.
+    """
+    final = Path(root) / f"{PREFIX}{step:08d}"
+    if final.exists():
+        return final
+    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
+    files = {
+        f"{name}.safetensors": safetensors.torch.save(_contiguous(group)) for name, group in tensors.items()
+    }
+    files["state.json"] = json.dumps(state, indent=1).encode()
+    files[SUMS] = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items()
+    ).encode()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(".tmp-*"):  # left by a process killed mid-write: never valid
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        for name, data in files.items():
+            write_synced(tmp / name, data)
+        fsync_dir(tmp)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:  # a full disk, or Ctrl-C mid-write
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
 def save_checkpoint(
     run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2
 ) -> Path:
@@ -80,35 +121,12 @@ def save_checkpoint(
             removed and the earlier checkpoints are untouched.
     """
     root = checkpoint_dir(run_dir)
-    final = root / f"{PREFIX}{step:08d}"
-    if final.exists():
-        return final
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    files = {
-        f"{name}.safetensors": safetensors.torch.save(_contiguous(group)) for name, group in tensors.items()
-    }
-    files["state.json"] = json.dumps(state, indent=1).encode()
-    files[SUMS] = "".join(
-        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items()
-    ).encode()
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):  # left by a process killed mid-write: never a valid checkpoint
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
-        for name, data in files.items():
-            write_synced(tmp / name, data)
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-        fsync_dir(root)
+        final = save_step_folder(root, step, tensors, state)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(
-            f"could not write checkpoint {final}: {e.strerror or e}; {kept(run_dir)}"
+            f"could not write checkpoint {root / f'{PREFIX}{step:08d}'}: {e.strerror or e}; {kept(run_dir)}"
         ) from e
-    except BaseException:  # Ctrl-C mid-write
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -202,6 +220,7 @@ def load_state(ckpt: Path) -> dict:
         "images_seen": (count, "a non-negative integer"),
         "world_size": (lambda x: count(x) and x >= 1, "a positive integer"),
         "optimizer": (optimizer, "param_groups and scalars holding numbers"),
+        "posthoc_ema": (lambda x: isinstance(x, list) and all(map(number, x)), "a list of numbers"),
     }
     for key, (ok, what) in rules.items():
         if key in state and not ok(state[key]):

@@ -2,12 +2,14 @@
 
 The trainer is handed a model, a ``loss_fn(model, x, y, draws) -> per-sample loss`` and the data as
 tensors; it owns the optimiser, the learning-rate schedule, the EMA, mixed precision, budgets, logging and
-checkpoints. Its randomness is seeded by (seed, step) (:mod:`ddpm.engine.randomness`), so a resumed run
-continues exactly where it stopped, with no random state to checkpoint.
+checkpoints, and, when ``posthoc_ema`` asks for them, the power-function EMAs of post-hoc EMA and their
+snapshots (:mod:`ddpm.engine.posthoc_ema`). Its randomness is seeded by (seed, step)
+(:mod:`ddpm.engine.randomness`), so a resumed run continues exactly where it stopped, with no random state
+to checkpoint.
 
 Under torchrun (``rank`` of ``world`` processes, :mod:`ddpm.engine.distributed`) each process trains on its
-slice of every global batch with DistributedDataParallel; rank 0 alone keeps the EMA and writes logs,
-samples and checkpoints.
+slice of every global batch with DistributedDataParallel; rank 0 alone keeps the EMAs and writes logs,
+samples, snapshots and checkpoints.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpm.config import TrainConfig
 from ddpm.engine import checkpoint as ckpt
-from ddpm.engine import distributed
+from ddpm.engine import distributed, posthoc_ema
 from ddpm.engine.device import resolve_device, resolve_precision
 from ddpm.engine.ema import EMA
 from ddpm.engine.randomness import BatchDraws, BatchOrder, derived_seed
@@ -99,6 +101,9 @@ class Trainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.net: nn.Module = self.model  # what the loss calls: the model, or its DDP wrapper (fit)
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if rank == 0 else None
+        self.posthoc = None  # the power EMAs of post-hoc EMA, when asked for (rank 0)
+        if cfg.posthoc_ema and rank == 0:
+            self.posthoc = posthoc_ema.PowerEMA(self.model, cfg.posthoc_ema)
         self.optimizer = make_optimizer(self.model, cfg)
         self.loss_fn, self.on_sample = loss_fn, on_sample
         self.x = x.to(self.device)
@@ -119,13 +124,9 @@ class Trainer:
         return contextlib.nullcontext()
 
     def save(self) -> Path:
-        """Write a checkpoint of this process's state (rank 0's job: the ranks hold the same weights).
-
-        Weights that are no longer finite are never written: the loss diverged since the last log line,
-        and the last good checkpoint is what a user will want to resume from.
-        """
-        if not (finite(self.model) and finite(self.ema.model)):
-            raise self._diverged(f"the weights are no longer finite at step {self.step} (the loss diverged)")
+        """Write a checkpoint of this process's state (rank 0's job: the ranks hold the same weights); never
+        one of weights that are no longer finite (:meth:`_check_finite`)."""
+        self._check_finite()
         opt_tensors, opt_meta = ckpt.optimizer_to_tensors(self.optimizer)
         state = {
             "step": self.step,
@@ -140,7 +141,22 @@ class Trainer:
             "ema": self.ema.model.state_dict(),
             "optimizer": {f"optim.{k}": v for k, v in opt_tensors.items()},
         }
+        if self.posthoc is not None:  # the running power EMAs, so that a resumed run continues them
+            state["posthoc_ema"] = list(self.posthoc.sigma_rels)
+            tensors.update(self.posthoc.tensors())
         return ckpt.save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.cfg.keep_checkpoints)
+
+    def _check_finite(self) -> None:
+        """Refuse to write weights that are no longer finite: the loss diverged since the last log line, and
+        the last good checkpoint is what a user will want to resume from."""
+        emas = [self.ema.model] + (self.posthoc.models if self.posthoc is not None else [])
+        if not all(map(finite, [self.model, *emas])):
+            raise self._diverged(f"the weights are no longer finite at step {self.step} (the loss diverged)")
+
+    def save_snapshot(self) -> Path:
+        """Write a snapshot of the power EMAs for post-hoc EMA (rank 0's job)."""
+        self._check_finite()
+        return posthoc_ema.save_snapshot(self.run_dir, self.step, self.posthoc)
 
     def resume(self, path: Path) -> None:
         """Restore model, EMA, optimiser and data position from a checkpoint folder.
@@ -156,6 +172,8 @@ class Trainer:
         if self.ema is not None:
             ema_path = path / "ema.safetensors"
             ckpt.load_into(self.ema.model, ckpt.load_tensors(ema_path, self.device), ema_path)
+        if self.posthoc is not None:
+            self._resume_posthoc(path, state)
         extra = ckpt.load_tensors(path / "optimizer.safetensors")
         opt = {k[len("optim.") :]: v.to(self.device) for k, v in extra.items() if k.startswith("optim.")}
         try:
@@ -175,6 +193,21 @@ class Trainer:
                 f"the global batch is {global_batch} from step {self.step} on"
             )
         self._truncate_metrics()
+        if self.posthoc is not None:
+            posthoc_ema.remove_snapshots_after(self.run_dir, self.step)
+
+    def _resume_posthoc(self, path: Path, state: dict) -> None:
+        """Load the running power EMAs; a checkpoint that kept others (or none) cannot continue them."""
+        kept = state.get("posthoc_ema")
+        if kept != list(self.posthoc.sigma_rels):
+            had = f"kept power EMAs of σ_rel {kept}" if kept else "kept no power EMAs"
+            raise ckpt.CheckpointError(
+                f"{path}: {had}, but the config asks for train.posthoc_ema {list(self.posthoc.sigma_rels)};"
+                " a post-hoc EMA cannot start mid-run (to start over: --restart)"
+            )
+        for name, ema in zip(self.posthoc.tensors(), self.posthoc.models):
+            file = path / f"{name}.safetensors"
+            ckpt.load_into(ema, ckpt.load_tensors(file, self.device), file)
 
     def _truncate_metrics(self) -> None:
         """Drop log rows written after the checkpoint we resume from: those steps are redone."""
@@ -230,6 +263,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, self.step)
+        if self.posthoc is not None:
+            self.posthoc.update(self.model, self.step + 1)  # t counts the optimiser steps taken, from 1
         self.step += 1
         self.images_seen += cfg.batch_size * cfg.grad_accum * self.world
         return total
@@ -354,6 +389,11 @@ class Trainer:
                         if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                             self._log(bar, window, time.perf_counter() - window_t)
                             window, window_t = [], time.perf_counter()
+                        # Before the checkpoint of the same step: a run resumed from that one redoes none
+                        # of the steps that would write this snapshot.
+                        snapshot_due = self.step % cfg.posthoc_every == 0 or self.step == cfg.max_steps
+                        if self.posthoc is not None and snapshot_due:
+                            self.save_snapshot()
                         due = self.step % cfg.checkpoint_every == 0
                         if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                             last_ckpt = time.monotonic()
