@@ -1,6 +1,13 @@
 import os
 import shutil
 
+# One BLAS thread per process, as one torch thread (``_few_threads`` below): numpy's OpenBLAS otherwise runs
+# a thread per core, and on a 2-core machine shared with other work its spinning threads made the
+# 2048-dimensional eigendecompositions of standard FID 2-8 times slower (one test: 8 s quiet, 30-80 s busy;
+# 11 s and 32-35 s with one thread). Set before numpy is first imported (by torch, below); the notebooks,
+# CLI and torchrun processes the tests start inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 import torch
 
