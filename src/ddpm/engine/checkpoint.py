@@ -43,7 +43,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def list_step_folders(root: Path) -> list[Path]:
-    """The complete ``step-XXXXXXXX`` folders under ``root``, oldest first (temporary folders of interrupted
+    """The complete ``step-NNNNNNNN`` folders under ``root``, oldest first (temporary folders of interrupted
     writes are ignored)."""
     root = Path(root)
     if not root.is_dir():
@@ -77,7 +77,7 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_step_folder(root: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
-    """Write ``root/step-XXXXXXXX/``: ``{name}.safetensors`` per entry of ``tensors``, ``state.json`` and
+    """Write ``root/step-NNNNNNNN/``: ``{name}.safetensors`` per entry of ``tensors``, ``state.json`` and
     ``SHA256SUMS``, under a temporary name, fsynced, then renamed into place. A folder already there is kept.
 
     Raises:

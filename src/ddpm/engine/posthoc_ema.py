@@ -23,7 +23,7 @@ from torch import nn
 from ddpm.config import SIGMA_REL_MAX, SIGMA_REL_RANGE
 from ddpm.engine import checkpoint as ckpt
 
-SNAPSHOTS = "posthoc-ema"  # RUN/posthoc-ema/step-XXXXXXXX/: one snapshot of the power EMAs
+SNAPSHOTS = "posthoc-ema"  # RUN/posthoc-ema/step-NNNNNNNN/: one snapshot of the power EMAs
 
 # --- The power-function EMA (sec. 3.1) -------------------------------------------------------------------
 
@@ -141,7 +141,7 @@ def snapshot_dir(run_dir: Path) -> Path:
 
 
 def save_snapshot(run_dir: Path, step: int, power: PowerEMA) -> Path:
-    """Write ``RUN/posthoc-ema/step-XXXXXXXX/``: the EMAs (:meth:`PowerEMA.tensors`), and their σ_rel and γ
+    """Write ``RUN/posthoc-ema/step-NNNNNNNN/``: the EMAs (:meth:`PowerEMA.tensors`), and their σ_rel and γ
     in ``state.json``, atomically and checksummed as a checkpoint is (:func:`ckpt.save_step_folder`).
 
     Raises:
