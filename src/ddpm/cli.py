@@ -9,7 +9,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine import posthoc_ema
 from ddpm.engine.distributed import PeerFailed
-from ddpm.fileio import atomic_path
+from ddpm.fileio import atomic_path, check_writable
 from ddpm.metrics.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
 from ddpm.samplers import SAMPLERS, SPACINGS, get_sampler
@@ -123,8 +122,7 @@ def _check_writable(path: Path, suffixes: tuple[str, ...], flag: str) -> None:
     if not path.parent.is_dir():
         raise run.RunError(f"{flag} {path}: {path.parent} is not a folder")
     try:
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
+        check_writable(path.parent)
     except OSError as e:
         raise run.RunError(f"{flag} {path}: cannot write in {path.parent} ({e.strerror})") from None
 

@@ -9,6 +9,7 @@ whole folder into place the same way.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,13 @@ def write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def check_writable(folder: Path) -> None:
+    """Raise the OSError that writing a new file in ``folder`` would raise (a read-only folder or disk, a
+    full one); the probe leaves nothing behind."""
+    with tempfile.TemporaryFile(dir=folder):
+        pass
 
 
 def fsync_file(path: Path) -> None:

@@ -28,7 +28,7 @@ from ddpm.engine import distributed
 from ddpm.engine.device import resolve_device
 from ddpm.engine.randomness import BatchDraws
 from ddpm.engine.trainer import Trainer
-from ddpm.fileio import atomic_write_text
+from ddpm.fileio import atomic_write_text, check_writable
 from ddpm.metrics.points import points_report
 from ddpm.models import count_parameters
 from ddpm.run import (
@@ -71,7 +71,6 @@ def make_loss_fn(cfg: Config, schedule: Schedule, num_classes: int | None):
 
 MARKER = ".ddpm-run"  # written beside the first config.json: this folder is a ddpm run
 LOCK = ".ddpm-lock"  # flocked by the one process writing the run; holds its PID while it does
-PROBE = ".write-test"  # written and removed at once: can we write here?
 BUDGETS = ("train.max_steps", "train.max_minutes")  # the only settings a resumed run takes from the command
 
 # Everything ``ddpm train`` writes in a run besides config.json and the two files above, as regular
@@ -118,17 +117,16 @@ def prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: is a file, not a run folder")
     if out.is_dir() and not _is_run(out):
-        found = sorted(p.name for p in out.iterdir() if p.name not in (LOCK, PROBE))  # of a failed start
+        # the lock, and the write probe of earlier versions: left by a failed start
+        found = sorted(p.name for p in out.iterdir() if p.name not in (LOCK, ".write-test"))
         if found:
-            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             raise RunError(
-                f"--out {out}: not a ddpm run and not empty (it holds {shown}); choose a new or empty folder"
+                f"--out {out}: not a ddpm run and not empty (it holds {_first_few(found)}); "
+                "choose a new or empty folder"
             )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / PROBE
-        probe.write_text("")
-        probe.unlink()
+        check_writable(out)
     except OSError as e:
         raise RunError(f"--out {out}: cannot write there ({e.strerror})") from None
 
@@ -197,6 +195,11 @@ def remove_outputs(out: Path) -> list[Path]:
     return removed
 
 
+def _first_few(names: list[str]) -> str:
+    """The first three names, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def config_differences(saved: Config, cfg: Config) -> list[str]:
     """The settings (dotted keys) in which ``cfg`` differs from a run's ``saved`` config, budgets aside."""
     a, b = _flat(saved.to_dict()), _flat(cfg.to_dict())
@@ -230,9 +233,8 @@ def open_run(cfg: Config, out: Path, restart: bool, held: contextlib.ExitStack) 
     if latest is not None and (out / CONFIG_FILE).exists():
         differ = config_differences(load_config(out / CONFIG_FILE), cfg)
         if differ:
-            shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
             raise RunError(
-                f"--out {out}: the run was started with another config (it differs in {shown}); "
+                f"--out {out}: the run was started with another config (it differs in {_first_few(differ)}); "
                 f"to resume it as it was: ddpm train {out / CONFIG_FILE} --out {out}; "
                 "to start over: --restart"
             )
@@ -258,9 +260,8 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
     while the others wait, writes everything and returns the metrics; the other ranks return None.
     """
     out = Path(out)
-    check_config(cfg)
-    make_model(cfg)  # a model the config cannot build, or a device this machine lacks, is refused
-    resolve_device(cfg.train.device)  # before the folder is touched
+    check_config(cfg)  # it builds the model on torch's meta device: one it cannot build is refused here,
+    resolve_device(cfg.train.device)  # as is a device this machine lacks, before the folder is touched
     with contextlib.ExitStack() as held:  # rank 0's lock on the run, until its last file is written
         with distributed.process_group() as group:
             if group.rank:
