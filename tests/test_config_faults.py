@@ -93,6 +93,7 @@ def test_every_value_has_a_rule():
         "diffusion.schedule",
         "diffusion.prediction",
         "diffusion.variance",
+        "diffusion.noise_levels",
         "diffusion.zero_terminal_snr",
         "train.ema_warmup",
         "train.channels_last",

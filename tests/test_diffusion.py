@@ -154,7 +154,13 @@ def reverse_process(schedule, posterior_x0, n, prediction="x0", variance="small"
         ab = schedule.alpha_bar[i]
         x0 = posterior_x0(x, ab)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-        output = {"x0": x0, "eps": eps, "v": D.v_from_x0_eps(x0, eps, t, schedule)}[prediction]
+        skip, out, _ = (c[i] for c in D.edm_preconditioning(schedule))
+        output = {
+            "x0": x0,
+            "eps": eps,
+            "v": D.v_from_x0_eps(x0, eps, t, schedule),
+            "edm": (x0 - skip * x) / out,  # Karras et al. 2022, eq. 8: x̂_0 = c_skip x + c_out F
+        }[prediction]
         x, _ = D.p_sample_step(output, x, t, schedule, normal((1, n), g), prediction, variance)
     return x[0], kept
 
@@ -419,7 +425,11 @@ def test_training_loss_zero_for_exact_model(prediction, gamma):
     loss = D.training_loss(model, x0, t, noise, LINEAR, prediction, gamma)
     assert loss.shape == (6,) and bool((loss == 0).all())
     assert seen["t"].dtype.is_floating_point and torch.equal(seen["t"], t.float())
-    torch.testing.assert_close(seen["x_t"], D.q_sample(x0, t, LINEAR, noise))
+    x_t = D.q_sample(x0, t, LINEAR, noise)
+    if prediction == "edm":  # the network sees c_in(σ) x = x_t / √(ᾱ σ² + ᾱ σ_d²): unit variance for σ_d
+        ab, sd = LINEAR.alpha_bar[t].float(), D.EDM_SIGMA_DATA
+        x_t = x_t / (1 - ab + ab * sd**2).sqrt()[:, None, None]
+    torch.testing.assert_close(seen["x_t"], x_t)
 
 
 @pytest.mark.parametrize("prediction", D.PREDICTIONS)
@@ -441,6 +451,8 @@ def test_min_snr_weights(name):
         "eps": snr.clamp(max=gamma) / snr,
         "x0": snr.clamp(max=gamma),
         "v": snr.clamp(max=gamma) / (snr + 1),
+        # EDM's F-loss is the x_0-loss divided by c_out² = σ² σ_d² / (σ² + σ_d²), with σ² = 1 / SNR.
+        "edm": snr.clamp(max=gamma) * D.EDM_SIGMA_DATA**2 / (1 + snr * D.EDM_SIGMA_DATA**2),
     }
     for prediction in D.PREDICTIONS:
         w = D.min_snr_weight(t, schedule, prediction, gamma)
@@ -459,7 +471,13 @@ def test_min_snr_loss_is_the_same_x0_loss_in_every_parameterisation(gamma):
     x0_hat = x0 + 0.1 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
     x_t = D.q_sample(x0, t, LINEAR, noise)
     eps_hat = D.predict_eps_from_x0(x_t, t, x0_hat, LINEAR)
-    outputs = {"x0": x0_hat, "eps": eps_hat, "v": D.v_from_x0_eps(x0_hat, eps_hat, t, LINEAR)}
+    skip, out, _ = (D.extract(c, t, x_t) for c in D.edm_preconditioning(LINEAR))
+    outputs = {
+        "x0": x0_hat,
+        "eps": eps_hat,
+        "v": D.v_from_x0_eps(x0_hat, eps_hat, t, LINEAR),
+        "edm": (x0_hat - skip * x_t) / out,
+    }
     want = LINEAR.snr[t].clamp(max=gamma) * (x0 - x0_hat).pow(2).flatten(1).mean(1)
     for prediction, output in outputs.items():
         loss = D.training_loss(lambda x, s, o=output: o, x0, t, noise, LINEAR, prediction, gamma)

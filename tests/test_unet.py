@@ -20,7 +20,7 @@ SMALL_UNET = dict(
 
 
 def _models(in_channels: int, size: int):
-    return {
+    models = {
         "series": SeriesUNet(in_channels=in_channels),
         "series-time": SeriesUNet(in_channels=in_channels, time_conditioning=True),
         "unet": UNet(in_channels=in_channels, image_size=size, **SMALL_UNET),
@@ -28,6 +28,10 @@ def _models(in_channels: int, size: int):
             in_channels=in_channels, image_size=size, num_classes=10, use_scale_shift_norm=True, **SMALL_UNET
         ),
     }
+    if size % 2 == 0:  # a patchifying stem: 28×28 → 14×14 (attention at 7×7 of the folded maps)
+        kwargs = {**SMALL_UNET, "channel_mult": (1, 2)}
+        models["unet-patch"] = UNet(in_channels=in_channels, image_size=size, patch_size=2, **kwargs)
+    return models
 
 
 def _perturb(model: torch.nn.Module) -> torch.nn.Module:
@@ -119,7 +123,7 @@ def test_unconditional_unet_ignores_labels():
         assert torch.equal(model(x, t), model(x, t, torch.tensor([1, 2])))
 
 
-@pytest.mark.parametrize("name", ["series", "series-time", "unet", "unet-cond"])
+@pytest.mark.parametrize("name", ["series", "series-time", "unet", "unet-cond", "unet-patch"])
 def test_gradients_reach_every_parameter(name):
     model = _models(1, 28)[name].train()
     x, t = _inputs(4, 1, 28)
@@ -139,7 +143,7 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", ["series", "series-time", "unet", "unet-cond"])
+@pytest.mark.parametrize("name", ["series", "series-time", "unet", "unet-cond", "unet-patch"])
 def test_bf16_autocast_and_channels_last(name):
     model = _perturb(_models(1, 28)[name])
     x, t = _inputs(2, 1, 28)
@@ -189,3 +193,11 @@ def test_groups_auto_reduce():
     assert all(m.num_channels // m.num_groups >= 4 for m in norms)  # never instance norm
     x, t = _inputs(2, 1, 28)
     assert model(x, t).shape == x.shape
+
+
+def test_patch_stem_folds_pixels_and_needs_a_divisible_size():
+    model = UNet(image_size=28, patch_size=2, **{**SMALL_UNET, "channel_mult": (1, 2)})
+    assert model.conv_in.in_channels == 4 and model.out[-1].out_channels == 4
+    assert any(isinstance(m, AttentionBlock) for m in model.down.modules())  # 7×7 is the second level now
+    with pytest.raises(ValueError, match="patch_size=3 must divide the image size"):
+        UNet(image_size=28, patch_size=3, **SMALL_UNET)

@@ -52,10 +52,13 @@ class DiffusionConfig:
     schedule: str = "linear"
     T: int = 1000
     zero_terminal_snr: bool = False
-    prediction: str = "eps"  # what the network predicts: eps, x0 or v
+    prediction: str = "eps"  # what the network predicts: eps, x0, v, or edm (EDM's preconditioned F)
     variance: str = "small"  # reverse-process variance: small (β̃) or large (β)
     clip_x0: float | None = 1.0  # clamp the predicted x_0 to [-c, c] while sampling
     min_snr_gamma: float | None = None  # Min-SNR-γ loss weighting; None = plain MSE
+    noise_levels: str = "uniform"  # training steps t: uniform, or lognormal (EDM's ln σ ~ N(mean, std²))
+    lognormal_mean: float = -1.2  # P_mean of EDM's log-normal σ (Karras et al. 2022, Table 1)
+    lognormal_std: float = 1.2  # P_std
     p_uncond: float = 0.0  # label dropout for classifier-free guidance (conditional models)
 
 
@@ -293,6 +296,8 @@ RULES: dict[str, Range | Rule] = {
     "diffusion.clip_x0": POSITIVE,
     "diffusion.min_snr_gamma": POSITIVE,
     "diffusion.p_uncond": Range(0, 1, open_hi=True),
+    "diffusion.lognormal_mean": Range(-20, 20),
+    "diffusion.lognormal_std": Range(0, 20, open_lo=True),
     "train.batch_size": Range(1, 65_536),
     "train.lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,

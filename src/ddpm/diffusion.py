@@ -15,8 +15,10 @@ import torch
 from ddpm.registry import check_name
 from ddpm.schedules import Schedule
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "edm")
 VARIANCES = ("small", "large")
+NOISE_LEVELS = ("uniform", "lognormal")  # how training draws t: uniformly, or EDM's log-normal σ
+EDM_SIGMA_DATA = 0.5  # σ_data of EDM's preconditioning (Karras et al. 2022, Table 1: images in [−1, 1])
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -71,7 +73,69 @@ def q_posterior_mean_variance(
     return mean, variance, log_variance
 
 
-# --- Parameterisations: ε, x_0 and v are three views of the same x_t -----------------------------------
+# --- EDM's preconditioning on a VP schedule ------------------------------------------------------------
+
+
+def edm_sigma(schedule: Schedule) -> torch.Tensor:
+    """The noise level σ_t = √((1 − ᾱ_t) / ᾱ_t) of each step: x_t / √ᾱ_t = x_0 + σ_t ε is Karras et al.'s
+    (2022, sec. 2) variance-exploding view of the same x_t. Float64 of shape (T,)."""
+    return schedule.sqrt_recipm1_alpha_bar
+
+
+def edm_preconditioning(
+    schedule: Schedule, sigma_data: float = EDM_SIGMA_DATA
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's D_θ(x; σ) = c_skip(σ) x + c_out(σ) F_θ(c_in(σ) x; c_noise(σ))  (Karras et al. 2022, eq. 7 and
+    Table 1) on the steps of a VP schedule, written for x_t = √ᾱ_t x rather than x.
+
+    With c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d / √(σ² + σ_d²), c_in = 1 / √(σ² + σ_d²) and σ = σ_t
+    (:func:`edm_sigma`), returns (c_skip / √ᾱ_t, c_out, c_in / √ᾱ_t), float64 of shape (T,), so that
+    x̂_0 = skip_t · x_t + c_out · F(in_t · x_t). They are computed from ᾱ_t, finite even where ᾱ_t = 0.
+    c_noise stays the step index t that our networks take (a monotone function of σ, as EDM's ¼ ln σ is).
+    """
+    a, d2 = schedule.alpha_bar, sigma_data**2
+    var = 1 - a + a * d2  # ᾱ_t (σ_t² + σ_d²): the variance of x_t for data of variance σ_d²
+    skip = d2 * a.sqrt() / var  # c_skip / √ᾱ_t
+    out = sigma_data * (1 - a).sqrt() / var.sqrt()  # c_out = σ σ_d / √(σ² + σ_d²)
+    c_in = 1 / var.sqrt()  # c_in / √ᾱ_t: x_t scaled to unit variance
+    return skip, out, c_in
+
+
+def network_input(x_t: torch.Tensor, t: torch.Tensor, schedule: Schedule, prediction: str) -> torch.Tensor:
+    """What the network is given: x_t itself, or for EDM's preconditioning c_in(σ_t) x = in_t · x_t."""
+    if prediction != "edm":
+        return x_t
+    return extract(edm_preconditioning(schedule)[2], t, x_t) * x_t
+
+
+def noise_level_probabilities(
+    schedule: Schedule, noise_levels: str = "uniform", p_mean: float = -1.2, p_std: float = 1.2
+) -> torch.Tensor:
+    """The probability of each step t in training, float64 of shape (T,).
+
+    "uniform": 1 / T each (Ho et al. 2020, Alg. 1). "lognormal": EDM's ln σ ~ N(P_mean, P_std²)
+    (Karras et al. 2022, Table 1), given to the step whose ln σ_t is nearest: the mass of the normal
+    between the midpoints of ln σ_t and its neighbours' (the first and last steps take the tails).
+    """
+    check_name("noise levels", noise_levels, NOISE_LEVELS)
+    T = schedule.T
+    if noise_levels == "uniform":
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
+    log_sigma = edm_sigma(schedule).log()
+    edges = (log_sigma[1:] + log_sigma[:-1]) / 2  # between neighbouring steps
+    cdf = torch.special.ndtr((edges - p_mean) / p_std)
+    cdf = torch.cat([cdf.new_zeros(1), cdf, cdf.new_ones(1)])
+    return cdf.diff()
+
+
+def draw_timesteps(u: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    """Steps t drawn with the given probabilities from uniform numbers u in [0, 1): the inverse CDF."""
+    cdf = probabilities.cumsum(0)
+    t = torch.searchsorted(cdf.to(u.device, torch.float64), u.to(torch.float64), right=True)
+    return t.clamp(max=probabilities.numel() - 1)
+
+
+# --- Parameterisations: ε, x_0, v and EDM's F are views of the same x_t --------------------------------
 
 
 def predict_x0_from_eps(
@@ -153,6 +217,10 @@ def x0_eps_from_output(
         eps, x0 = output, predict_x0_from_eps(x_t, t, output, schedule)
     elif prediction == "x0":
         x0, eps = output, predict_eps_from_x0(x_t, t, output, schedule)
+    elif prediction == "edm":
+        skip, out, _ = edm_preconditioning(schedule)
+        x0 = extract(skip, t, x_t) * x_t + extract(out, t, x_t) * output
+        eps = predict_eps_from_x0(x_t, t, x0, schedule)
     else:
         x0, eps = x0_from_v(x_t, t, output, schedule), eps_from_v(x_t, t, output, schedule)
     if threshold is not None:
@@ -229,25 +297,34 @@ def p_sample_step(
 def training_target(
     x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: Schedule, prediction: str
 ):
-    """What the network regresses: ε (Ho et al. 2020, eq. 14), x_0, or v (Salimans & Ho 2022)."""
+    """What the network regresses: ε (Ho et al. 2020, eq. 14), x_0, v (Salimans & Ho 2022), or EDM's
+    effective target F = (x_0 − c_skip x) / c_out (Karras et al. 2022, eq. 8)."""
     check_name("prediction", prediction, PREDICTIONS)
     if prediction == "eps":
         return noise
     if prediction == "x0":
         return x0
+    if prediction == "edm":
+        skip, out, _ = edm_preconditioning(schedule)
+        x_t = q_sample(x0, t, schedule, noise)
+        return (x0 - extract(skip, t, x0) * x_t) / extract(out, t, x0)
     return v_from_x0_eps(x0, noise, t, schedule)
 
 
 def min_snr_weight(t: torch.Tensor, schedule: Schedule, prediction: str, gamma: float | None) -> torch.Tensor:
     """Per-sample loss weight of Min-SNR-γ (Hang et al. 2023, sec. 3.4), float32 of shape (B,).
 
-    The x_0-loss weight is min(SNR_t, γ); written in the ε- and v-losses it becomes min(SNR_t, γ) / SNR_t
-    and min(SNR_t, γ) / (SNR_t + 1). ``gamma=None`` gives the plain unweighted loss (weight 1).
+    The x_0-loss weight is min(SNR_t, γ); written in the ε-, v- and EDM F-losses it becomes
+    min(SNR_t, γ) / SNR_t, min(SNR_t, γ) / (SNR_t + 1) and min(SNR_t, γ) · c_out². ``gamma=None`` gives the
+    plain unweighted loss (weight 1), which for "edm" is EDM's own weighting λ(σ) = 1 / c_out² of the
+    x_0-loss (Karras et al. 2022, Table 1).
     """
     if gamma is None:
         return torch.ones(t.shape, device=t.device)
     snr = schedule.snr.to(t.device)[t]
     clipped = snr.clamp(max=gamma)
+    if prediction == "edm":
+        return (clipped * edm_preconditioning(schedule)[1].to(t.device)[t] ** 2).float()
     # min(SNR, γ) / SNR written as min(γ / SNR, 1), so that SNR = 0 (zero-terminal SNR) gives 1, not 0/0.
     weight = {"eps": (gamma / snr).clamp(max=1.0), "x0": clipped, "v": clipped / (snr + 1)}[prediction]
     return weight.float()
@@ -269,7 +346,7 @@ def training_loss(
     """
     x_t = q_sample(x0, t, schedule, noise)
     target = training_target(x0, noise, t, schedule, prediction)
-    output = model_fn(x_t, t.float()).float()
+    output = model_fn(network_input(x_t, t, schedule, prediction), t.float()).float()
     mse = (output - target.float()).pow(2).flatten(1).mean(1)
     return mse * min_snr_weight(t, schedule, prediction, min_snr_gamma)
 
@@ -364,7 +441,7 @@ def bits_per_dim(
         t = torch.full((x0.shape[0],), i, device=x0.device, dtype=torch.long)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = q_sample(x0, t, schedule, noise)
-        output = model_fn(x_t, t.float()).to(x0.dtype)
+        output = model_fn(network_input(x_t, t, schedule, prediction), t.float()).to(x0.dtype)
         terms.append(vlb_term(output, x0, x_t, t, schedule, prediction, variance, discrete))
     terms = torch.stack(terms, 1) * to_bits
     prior = prior_kl(x0, schedule) * to_bits

@@ -18,7 +18,7 @@ from torch import nn
 from ddpm.config import Config, ConfigError, validate
 from ddpm.data import sample_shape
 from ddpm.data.images import DATASETS
-from ddpm.diffusion import PREDICTIONS, VARIANCES
+from ddpm.diffusion import NOISE_LEVELS, PREDICTIONS, VARIANCES
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine import posthoc_ema
 from ddpm.engine.device import resolve_device
@@ -63,6 +63,7 @@ def check_config(cfg: Config) -> Config:
         "diffusion.schedule": lambda: build_schedule(cfg),
         "diffusion.prediction": lambda: check_name("prediction", d.prediction, PREDICTIONS),
         "diffusion.variance": lambda: check_name("variance", d.variance, VARIANCES),
+        "diffusion.noise_levels": lambda: check_name("noise levels", d.noise_levels, NOISE_LEVELS),
         "model.name": lambda: check_name("model", cfg.model.name, MODELS),
         "data.name": lambda: sample_shape(cfg.data),
         "sample.sampler": lambda: get_sampler(cfg.sample.sampler),

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ddpm.diffusion import extract, p_variance, q_posterior_mean_variance, x0_eps_from_output
+from ddpm.diffusion import extract, network_input, p_variance, q_posterior_mean_variance, x0_eps_from_output
 from ddpm.registry import check_name
 from ddpm.schedules import Schedule
 
@@ -37,7 +37,8 @@ def make_denoiser(
 ) -> Denoiser:
     """Wrap a network ``model_fn(x_t, t_float)`` as ``denoise(x_t, t) -> (x̂_0, ε̂)``.
 
-    ``prediction`` says what the network outputs (ε, x_0 or v). ``clip_x0`` clamps x̂_0 to the data range;
+    ``prediction`` says what the network outputs (ε, x_0, v or EDM's F; for F its input is scaled by c_in).
+    ``clip_x0`` clamps x̂_0 to the data range;
     ``threshold`` (a percentile such as 0.995) applies Imagen's dynamic thresholding (Saharia et al. 2022,
     sec. 2.3). Either way ε̂ is recomputed from the final x̂_0 (see :func:`x0_eps_from_output`).
     """
@@ -45,7 +46,7 @@ def make_denoiser(
         raise ValueError(f"threshold is a percentile in (0, 1], such as 0.995; got {threshold!r}")
 
     def denoise(x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = model_fn(x_t, t.float()).to(x_t.dtype)
+        output = model_fn(network_input(x_t, t, schedule, prediction), t.float()).to(x_t.dtype)
         return x0_eps_from_output(output, x_t, t, schedule, prediction, clip_x0, threshold)
 
     return denoise

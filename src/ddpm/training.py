@@ -51,10 +51,15 @@ def make_loss_fn(cfg: Config, schedule: Schedule, num_classes: int | None):
     each sample's draws follow from its place in the global batch, however many processes share it.
     """
     d = cfg.diffusion
+    if d.noise_levels != "uniform":
+        p_t = diffusion.noise_level_probabilities(schedule, d.noise_levels, d.lognormal_mean, d.lognormal_std)
 
     def loss_fn(model: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, draws: BatchDraws):
         b = x0.shape[0]
-        t = draws.randint(schedule.T, (b,))
+        if d.noise_levels == "uniform":
+            t = draws.randint(schedule.T, (b,))
+        else:
+            t = diffusion.draw_timesteps(draws.rand((b,)), p_t)
         noise = draws.randn(x0.shape, dtype=x0.dtype)
         if y is not None and num_classes and d.p_uncond > 0:
             # Classifier-free guidance (Ho & Salimans 2022): drop labels to the "no label" index.

@@ -56,6 +56,7 @@ class ResBlock(nn.Module):
         dropout: float = 0.0,
         groups: int = 32,
         use_scale_shift_norm: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
@@ -148,6 +149,10 @@ class UNet(nn.Module):
             group (see ``_num_groups``).
         time_embed_mult: width of the time embedding MLP, in multiples of ``model_channels``.
         use_scale_shift_norm: condition through ``norm(h) * (1 + scale) + shift`` instead of a bias.
+        patch_size: a patchifying stem: the input is folded into ``patch_size²`` times the channels at
+            ``1 / patch_size`` of the size (pixel unshuffle, 28×28×1 → 14×14×4 for 2) before ``conv_in``,
+            and the output unfolded back (pixel shuffle), so every level works on smaller maps.
+            ``attention_resolutions`` then count the folded sizes.
     """
 
     # The range of each numeric argument (of each item of a list), checked before the model is built
@@ -165,6 +170,7 @@ class UNet(nn.Module):
         "num_classes": (1, 10_000),
         "groups": (1, 1024),
         "time_embed_mult": (1, 64),
+        "patch_size": (1, 16),
     }
 
     def __init__(
@@ -182,6 +188,7 @@ class UNet(nn.Module):
         groups: int = 32,
         time_embed_mult: int = 4,
         use_scale_shift_norm: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
@@ -189,6 +196,9 @@ class UNet(nn.Module):
         self.out_channels = out_channels
         self.model_channels = model_channels
         self.num_classes = num_classes
+        if image_size % patch_size:
+            raise ValueError(f"patch_size={patch_size} must divide the image size ({image_size})")
+        self.patch_size = patch_size
         attention_resolutions = set(attention_resolutions)
         emb_dim = model_channels * time_embed_mult
 
@@ -205,10 +215,10 @@ class UNet(nn.Module):
         def attn(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, num_heads, groups)
 
-        self.conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels * patch_size**2, model_channels, 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels = [model_channels]
-        ch, size = model_channels, image_size
+        ch, size = model_channels, image_size // patch_size
         sizes = []  # feature-map size of each level
         for level, mult in enumerate(channel_mult):
             sizes.append(size)
@@ -240,7 +250,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(_num_groups(ch, groups), ch),
             nn.SiLU(),
-            _zero(nn.Conv2d(ch, out_channels, 3, padding=1)),
+            _zero(nn.Conv2d(ch, out_channels * patch_size**2, 3, padding=1)),
         )
 
     def _embed(
@@ -265,6 +275,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         emb = self._embed(t, y, x.shape[0], x.device)
+        if self.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.patch_size)  # (B, C, H, W) → (B, C·p², H/p, W/p)
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
@@ -277,4 +289,5 @@ class UNet(nn.Module):
             h = torch.cat([h, skips.pop().to(h.dtype)], dim=1)
             for layer in layers:
                 h = layer(h, skips[-1].shape[-2:]) if isinstance(layer, Upsample) else layer(h, emb)
-        return self.out(h)
+        h = self.out(h)
+        return F.pixel_shuffle(h, self.patch_size) if self.patch_size > 1 else h
