@@ -9,6 +9,7 @@ from PIL import Image
 
 from ddpm.cli import main
 from ddpm.metrics import lenet as lenet_module
+from ddpm.samplers import SAMPLERS
 from tests.conftest import DATA
 
 SMALL_UNET = [
@@ -170,10 +171,12 @@ def test_sweep_covers_every_sampler_and_the_full_t_point(runs, capsys):
     assert main(["sweep", str(run), "--n", "20", "--full-n", "10", "--steps", "2,5", "--json"]) == 0
     result = _last_json(capsys)
     plan = [(r["sampler"], r["steps"], r["n"]) for r in result["rows"]]
-    assert plan == [(s, k, 20) for s in ("ddpm", "ddim", "dpmpp2m", "dpmpp2m-sde") for k in (2, 5)] + [
-        ("ddpm", 50, 10)
+    assert plan == [(s, k, 20) for s in SAMPLERS for k in (2, 5)] + [("ddpm", 50, 10)]
+    assert all(np.isfinite(r["fld"]) for r in result["rows"])
+    heun = {2: 1, 5: 5}  # --steps K: at most K network evaluations; Heun's n steps take 2n − 1
+    assert [r["nfe"] for r in result["rows"]] == [
+        heun[r["steps"]] if r["sampler"].startswith("heun") else r["steps"] for r in result["rows"]
     ]
-    assert all(np.isfinite(r["fld"]) and r["nfe"] == r["steps"] for r in result["rows"])
     assert json.loads((run / "eval" / "sweep.json").read_text())["rows"] == result["rows"]
     assert Image.open(run / "eval" / "sweep.png").size[0] > 100
 

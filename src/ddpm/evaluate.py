@@ -37,6 +37,7 @@ from ddpm.run import (
     RunError,
     check_finite,
     check_labels,
+    evaluations,
     load_run,
     sample,
     sample_steps,
@@ -215,6 +216,7 @@ def evaluate_run(
     report.update(
         sampler=cfg.sample.sampler,
         steps=steps,
+        nfe=evaluations(cfg),
         spacing=cfg.sample.spacing,
         eta=cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
         guidance=guidance,
@@ -316,7 +318,9 @@ def sweep_run(
         )
         keep = ("sampler", "steps", "n", "fld", "fld_train_test", "fld_noise_test", "class_entropy")
         row = {key: report[key] for key in keep}
-        row.update(nfe=k, sample_seconds=report["sample_seconds"], precision=report.get("precision"))
+        row.update(
+            nfe=report["nfe"], sample_seconds=report["sample_seconds"], precision=report.get("precision")
+        )
         rows.append(row)
     result = {"run": str(run_dir), "guidance": guidance, "seed": seed, "T": T, "rows": rows}
     out = run_dir / EVAL_DIR

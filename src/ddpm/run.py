@@ -31,7 +31,9 @@ from ddpm.samplers import (
     get_sampler,
     make_denoiser,
     make_timesteps,
+    network_evaluations,
     sampler_options,
+    steps_within,
 )
 from ddpm.schedules import Schedule, make_schedule
 
@@ -176,15 +178,26 @@ def sampling_config(
 
 
 def sample_steps(cfg: Config) -> int:
-    """How many steps (network evaluations) the run's sampler takes."""
+    """The run's ``sample.steps`` (``--steps``), or T: the network evaluations its sampler may take."""
     return cfg.sample.steps or cfg.diffusion.T
 
 
+def visited_steps(cfg: Config) -> int:
+    """How many steps the run's sampler visits: one per evaluation, or fewer for Heun's method, whose
+    steps take two (:func:`ddpm.samplers.steps_within`)."""
+    return steps_within(cfg.sample.sampler, sample_steps(cfg))
+
+
+def evaluations(cfg: Config) -> int:
+    """The network evaluations a sample takes with the run's settings (the cost, whatever the sampler)."""
+    return network_evaluations(cfg.sample.sampler, visited_steps(cfg))
+
+
 def sample_timesteps(cfg: Config, schedule: Schedule) -> list[int] | None:
-    """The run's sampling steps: all T (None) or ``sample.steps`` of them, spaced by ``sample.spacing``."""
-    if sample_steps(cfg) == schedule.T:
-        return None
-    return make_timesteps(schedule, cfg.sample.steps, cfg.sample.spacing)
+    """The steps the run's sampler visits: all T (None) or :func:`visited_steps` of them, spaced by
+    ``sample.spacing``."""
+    n = visited_steps(cfg)
+    return None if n == schedule.T else make_timesteps(schedule, n, cfg.sample.spacing)
 
 
 def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float | None = None) -> None:
@@ -231,7 +244,7 @@ class ReverseFrames:
     @classmethod
     def about(cls, frames: int, cfg: Config, keep: int | None = None) -> ReverseFrames:
         """About ``frames`` frames, evenly spaced over the run's sampling steps."""
-        steps = sample_steps(cfg)
+        steps = visited_steps(cfg)
         return cls(max(1, steps // frames), keep, last=steps - 1)
 
     def __call__(self, i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -271,7 +284,7 @@ def sample(
     timesteps = sample_timesteps(cfg, schedule)
     options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, eta=cfg.sample.eta)
     bar = progress_bar(  # shown once sampling has taken more than 2 s
-        total=n * sample_steps(cfg),
+        total=n * visited_steps(cfg),
         desc="sampling",
         unit="img-step",
         disable=not progress,
