@@ -210,3 +210,15 @@ def test_measure_samples_scores_real_digits_near_the_floor_and_refuses_bad_count
     for n, message in [(1, "at least 2"), (len(reference.train_x) + 1, "the floor needs")]:
         with pytest.raises(RunError, match=message):
             reference.check(n)
+
+
+def test_eval_with_heun_churn_names_its_options_and_counts_evaluations(runs, capsys):
+    run = runs["uncond"]
+    argv = ["eval", str(run), "--n", "20", "--sampler", "heun-churn", "--s-churn", "10", "--steps", "5"]
+    assert main([*argv, "--json"]) == 0
+    report = _last_json(capsys)
+    assert (report["sampler"], report["steps"], report["nfe"]) == ("heun-churn", 5, 5)  # 3 steps: 2 + 2 + 1
+    assert report["options"] == {"s_churn": 10.0}
+    assert (run / "eval" / "heun-churn-5-churn10-n20-s0.json").is_file()
+    assert main(["eval", str(run), "--n", "20", "--sampler", "heun", "--s-churn", "10"]) == 2
+    assert "--s-churn 10: only the heun-churn sampler takes S_churn, not heun" in capsys.readouterr().err

@@ -67,7 +67,7 @@ def cmd_sample(args) -> int:
         Path(args.run), weights=args.weights, device=args.device, ema_sigma_rel=args.ema_sigma_rel
     )
     cfg = run.sampling_config(
-        loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta
+        loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, **_options(args)
     )
     run.check_labels(cfg, args.label, args.guidance)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
@@ -240,13 +240,13 @@ def cmd_eval(args) -> int:
         guidance=args.guidance,
         seed=args.seed,
         spacing=args.spacing,
-        eta=args.eta,
         fid=args.fid,
         batch_size=args.batch_size,
         device=args.device,
         name=args.name,
         ema_sigma_rel=args.ema_sigma_rel,
         log=lambda message: print(message, file=sys.stderr),
+        **_options(args),
     )
     for key, label in EVAL_ROWS:
         if report.get(key) is not None:
@@ -340,12 +340,26 @@ def _ema_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _options(args) -> dict:
+    """The sampler options given on the command line (``--eta``, ``--s-churn``, …), by config key."""
+    return {key: getattr(args, key) for key in run.SAMPLER_OPTIONS}
+
+
 def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's") -> None:
-    """--sampler, --steps, --spacing, --eta and --guidance, shared by sample, eval and sweep."""
+    """--sampler, --steps, --spacing, the samplers' options and --guidance, shared by sample and eval."""
     p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's (ddpm)")
-    p.add_argument("--steps", type=int, help=f"sampling steps (default: {default_steps})")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"network evaluations per sample (default: {default_steps}); Heun's steps take two, but one",
+    )
     p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
     p.add_argument("--eta", type=float, help="DDIM's η in [0, 1] (default 0: deterministic)")
+    churn = "heun-churn's (Karras et al. 2022, Alg. 2; default: the paper's for CIFAR-10,"
+    p.add_argument("--s-churn", type=float, metavar="S", help=f"{churn} 30)")
+    p.add_argument("--s-tmin", type=float, metavar="S", help=f"{churn} 0.01)")
+    p.add_argument("--s-tmax", type=float, metavar="S", help=f"{churn} 1)")
+    p.add_argument("--s-noise", type=float, metavar="S", help=f"{churn} 1.007)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
 
 

@@ -34,6 +34,7 @@ from ddpm.metrics.fld import (
 from ddpm.metrics.frechet import frechet_distance, gaussian_statistics
 from ddpm.metrics.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
 from ddpm.run import (
+    SAMPLER_OPTIONS,
     RunError,
     check_finite,
     check_labels,
@@ -43,10 +44,14 @@ from ddpm.run import (
     sample_steps,
     sampling_config,
 )
-from ddpm.samplers import SAMPLERS
+from ddpm.samplers import SAMPLERS, sampler_options
 
 EVAL_DIR = "eval"
 GRID_N = 100
+
+
+# How a sampler's option is written in a report's name (only when the sampler takes it and it is set).
+OPTION_TAGS = {"eta": "eta", "s_churn": "churn", "s_tmin": "tmin", "s_tmax": "tmax", "s_noise": "noise"}
 
 
 def eval_name(
@@ -58,9 +63,12 @@ def eval_name(
     spacing: str = "uniform",
     eta=0.0,
     ema_sigma_rel: float | None = None,
+    **options: float | None,
 ) -> str:
-    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-ema0.1-s0``."""
-    e = f"-eta{eta:g}" if sampler == "ddim" and eta else ""
+    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-ema0.1-s0``,
+    ``heun-churn-19-churn10-n1000-s0``: the options the sampler takes and that are set (η when not 0)."""
+    taken = sampler_options(sampler, eta=eta or None, **options)
+    e = "".join(f"-{OPTION_TAGS[key]}{value:g}" for key, value in taken.items())
     sp = f"-{spacing}" if spacing != "uniform" else ""
     g = f"-g{guidance:g}" if guidance is not None else ""
     ema = f"-ema{ema_sigma_rel:g}" if ema_sigma_rel is not None else ""
@@ -161,7 +169,6 @@ def evaluate_run(
     guidance: float | None = None,
     seed: int = 0,
     spacing: str | None = None,
-    eta: float | None = None,
     fid: bool = False,
     batch_size: int | None = None,
     device: str | None = None,
@@ -170,8 +177,11 @@ def evaluate_run(
     progress: bool = True,
     log=print,
     reference: ReferenceSet | None = None,
+    **options: float | None,
 ) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report.
+
+    ``options`` are one sampler's (``eta``, ``s_churn``, …; :func:`ddpm.run.sampling_config`).
 
     ``ema_sigma_rel`` samples the post-hoc EMA of that length instead of the run's EMA
     (:func:`ddpm.run.load_run`). ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves
@@ -181,15 +191,24 @@ def evaluate_run(
     if name:
         check_report_name(name)
     loaded = load_run(run_dir, weights="ema", device=device, ema_sigma_rel=ema_sigma_rel)
-    cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, eta=eta)
+    cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, **options)
     num_classes = cfg.model.num_classes
     requested = torch.arange(n) % num_classes if num_classes else None
     check_labels(cfg, requested, guidance)
     if batch_size is None:  # smaller batches sample faster on a CPU (docs/results.md)
         batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
     steps = sample_steps(cfg)
+    chosen = {key: getattr(cfg.sample, key) for key in SAMPLER_OPTIONS}
+    taken = sampler_options(cfg.sample.sampler, **chosen)
     name = name or eval_name(
-        cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta, ema_sigma_rel
+        cfg.sample.sampler,
+        steps,
+        n,
+        guidance,
+        seed,
+        cfg.sample.spacing,
+        ema_sigma_rel=ema_sigma_rel,
+        **chosen,
     )
     dataset = cfg.data.name
     if reference is None or reference.dataset != dataset:
@@ -219,6 +238,7 @@ def evaluate_run(
         nfe=evaluations(cfg),
         spacing=cfg.sample.spacing,
         eta=cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
+        options={key: value for key, value in taken.items() if key != "eta"} or None,
         guidance=guidance,
         ema_sigma_rel=ema_sigma_rel,
         ema_profile_error=loaded.posthoc.profile_error if loaded.posthoc else None,

@@ -26,6 +26,7 @@ from ddpm.models import MODELS, SHAPE_ARGUMENTS, build_model, check_kwargs, para
 from ddpm.progress import progress_bar
 from ddpm.registry import check_name
 from ddpm.samplers import (
+    SAMPLERS,
     SPACINGS,
     classifier_free_guidance,
     get_sampler,
@@ -153,27 +154,45 @@ def make_model(cfg: Config, source: str = "") -> nn.Module:
 # --- How a run samples -----------------------------------------------------------------------------------
 
 
+# The options one sampler takes, as the command line writes them and as the paper names them.
+SAMPLER_OPTIONS = {
+    "eta": ("--eta", "η"),
+    "s_churn": ("--s-churn", "S_churn"),
+    "s_tmin": ("--s-tmin", "S_tmin"),
+    "s_tmax": ("--s-tmax", "S_tmax"),
+    "s_noise": ("--s-noise", "S_noise"),
+}
+
+
 def sampling_config(
     cfg: Config,
     *,
     sampler: str | None = None,
     steps: int | None = None,
     spacing: str | None = None,
-    eta: float | None = None,
+    **options: float | None,
 ) -> Config:
     """A checked copy of ``cfg`` whose sampling settings take the values given (None keeps the run's own).
 
     The one place where ``ddpm sample``, ``ddpm eval``, ``ddpm sweep`` and the notebooks change how a run
-    samples; ``steps = T`` (or none) means every step.
+    samples; ``steps = T`` (or none) means every step. ``options`` are those of one sampler
+    (:data:`SAMPLER_OPTIONS`: ``eta``, ``s_churn``, …); one the sampler does not take is refused.
     """
+    unknown = set(options) - set(SAMPLER_OPTIONS)
+    if unknown:
+        raise TypeError(f"sampling_config() got unexpected options: {', '.join(sorted(unknown))}")
     cfg = copy.deepcopy(cfg)
-    given = {"sampler": sampler, "steps": steps, "spacing": spacing, "eta": eta}
+    given = {"sampler": sampler, "steps": steps, "spacing": spacing, **options}
     for key, value in given.items():
         if value is not None:
             setattr(cfg.sample, key, value)
     check_config(cfg)
-    if eta is not None and "eta" not in sampler_options(cfg.sample.sampler, eta=eta):
-        raise ConfigError(f"--eta {eta:g}: only the ddim sampler takes η, not {cfg.sample.sampler}")
+    name = cfg.sample.sampler
+    for key, value in options.items():
+        if value is not None and key not in sampler_options(name, **{key: value}):
+            flag, symbol = SAMPLER_OPTIONS[key]
+            takers = " and ".join(n for n in SAMPLERS if sampler_options(n, **{key: value}))
+            raise ConfigError(f"{flag} {value:g}: only the {takers} sampler takes {symbol}, not {name}")
     return cfg
 
 
@@ -282,7 +301,8 @@ def sample(
     generator = torch.Generator(device).manual_seed(seed)
     sampler = get_sampler(cfg.sample.sampler)
     timesteps = sample_timesteps(cfg, schedule)
-    options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, eta=cfg.sample.eta)
+    settings = {key: getattr(cfg.sample, key) for key in SAMPLER_OPTIONS}
+    options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, **settings)
     bar = progress_bar(  # shown once sampling has taken more than 2 s
         total=n * visited_steps(cfg),
         desc="sampling",
