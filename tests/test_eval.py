@@ -181,9 +181,30 @@ def test_sweep_covers_every_sampler_and_the_full_t_point(runs, capsys):
     assert Image.open(run / "eval" / "sweep.png").size[0] > 100
 
 
+def test_sweep_measures_each_spacing_and_labels_the_plot(runs, capsys):
+    run = runs["uncond"]
+    argv = ["sweep", str(run), "--n", "10", "--samplers", "ddim,heun", "--steps", "3"]
+    assert main([*argv, "--spacings", "uniform,trailing", "--json"]) == 0
+    result = _last_json(capsys)
+    plan = [(r["sampler"], r["spacing"], r["steps"], r["nfe"]) for r in result["rows"]]
+    assert plan == [
+        ("ddim", "uniform", 3, 3),
+        ("ddim", "trailing", 3, 3),
+        ("heun", "uniform", 3, 3),
+        ("heun", "trailing", 3, 3),
+        ("ddpm", "uniform", 50, 50),
+    ]
+    assert len({r["fld"] for r in result["rows"][:2]}) == 2  # other steps, other samples
+    assert (run / "eval" / "ddim-3-trailing-n10-s0.json").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--samplers", "ddpm,euler"], "--samplers 'ddpm,euler'"), (["--steps", "0,4"], "expected positive")],
+    [
+        (["--samplers", "ddpm,euler"], "--samplers 'ddpm,euler'"),
+        (["--steps", "0,4"], "expected positive"),
+        (["--spacings", "uniform,karras"], "--spacings 'uniform,karras': choose from"),
+    ],
 )
 def test_sweep_refusals(runs, capsys, argv, message):
     assert main(["sweep", str(runs["uncond"]), *argv]) == 2

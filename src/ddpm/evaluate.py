@@ -300,49 +300,65 @@ def sweep_run(
     full_n: int | None = None,
     samplers: list[str] | None = None,
     steps: tuple[int, ...] = SWEEP_STEPS,
+    spacings: tuple[str, ...] = ("uniform",),
     guidance: float | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     device: str | None = None,
+    ema_sigma_rel: float | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Quality against cost: FLD at each step count for each sampler, and the full-T DDPM sampler.
+    """Quality against cost: FLD for each sampler, spacing and step count, and the full-T DDPM sampler.
 
-    Every point is one :func:`evaluate_run` (its report lands in ``RUN/eval/`` as usual). The full-T point
-    costs T network evaluations per sample, so it may use fewer samples (``full_n``); its FLD is then
-    compared with its own floor, at its own N. Writes ``RUN/eval/sweep.json`` and ``RUN/eval/sweep.png``.
+    Every point is one :func:`evaluate_run` (its report lands in ``RUN/eval/`` as usual); ``steps`` count
+    network evaluations (``nfe`` in each row: Heun's can be one fewer). The full-T point costs T evaluations
+    per sample, so it may use fewer samples (``full_n``); its FLD is then compared with its own floor, at its
+    own N. ``ema_sigma_rel`` measures that post-hoc EMA instead of the run's EMA. Writes
+    ``RUN/eval/sweep.json`` and ``RUN/eval/sweep.png``.
     """
     run_dir = Path(run_dir)
     loaded_cfg = load_run(run_dir, device="cpu").cfg
     T = loaded_cfg.diffusion.T
     full_n = full_n or n
     samplers = samplers or list(SAMPLERS)
-    plan = [(s, k, n) for s in samplers for k in steps if k < T] + [("ddpm", T, full_n)]
+    plan = [(s, sp, k, n) for s in samplers for sp in spacings for k in steps if k < T]
+    plan.append(("ddpm", "uniform", T, full_n))  # every step: the spacing does not matter
     reference = ReferenceSet.load(loaded_cfg.data.name, loaded_cfg.data.root, progress=progress, log=log)
     rows = []
-    for i, (sampler, k, size) in enumerate(plan):
-        log(f"sweep {i + 1}/{len(plan)}: {sampler}, {k} steps, N = {size}")
+    for i, (sampler, spacing, k, size) in enumerate(plan):
+        log(f"sweep {i + 1}/{len(plan)}: {sampler}, {spacing}, {k} steps, N = {size}")
         report = evaluate_run(
             run_dir,
             n=size,
             sampler=sampler,
             steps=k,
+            spacing=spacing,
             guidance=guidance,
             seed=seed,
             batch_size=batch_size,
             device=device,
+            ema_sigma_rel=ema_sigma_rel,
             progress=progress,
             log=log,
             reference=reference,
         )
-        keep = ("sampler", "steps", "n", "fld", "fld_train_test", "fld_noise_test", "class_entropy")
+        keep = ("sampler", "spacing", "steps", "nfe", "n", "fld", "fld_train_test", "fld_noise_test")
         row = {key: report[key] for key in keep}
         row.update(
-            nfe=report["nfe"], sample_seconds=report["sample_seconds"], precision=report.get("precision")
+            class_entropy=report["class_entropy"],
+            sample_seconds=report["sample_seconds"],
+            precision=report.get("precision"),
         )
         rows.append(row)
-    result = {"run": str(run_dir), "guidance": guidance, "seed": seed, "T": T, "rows": rows}
+    result = {
+        "run": str(run_dir),
+        "guidance": guidance,
+        "seed": seed,
+        "T": T,
+        "ema_sigma_rel": ema_sigma_rel,
+        "rows": rows,
+    }
     out = run_dir / EVAL_DIR
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
     plotting.fld_vs_nfe(out / "sweep.png", rows, title=f"{run_dir.name}: FLD against network evaluations")
