@@ -353,13 +353,19 @@ def _options(args) -> dict:
 
 def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's") -> None:
     """--sampler, --steps, --spacing, the samplers' options and --guidance, shared by sample and eval."""
-    p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's (ddpm)")
+    p.add_argument(
+        "--sampler",
+        choices=[*SAMPLERS, "auto"],
+        help="default: the run's (auto: the one ddpm.samplers.AUTO gives for the steps)",
+    )
     p.add_argument(
         "--steps",
         type=int,
         help=f"network evaluations per sample (default: {default_steps}); Heun's steps take two, but one",
     )
-    p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
+    p.add_argument(
+        "--spacing", choices=[*SPACINGS, "auto"], help="which steps when fewer than T (default: the run's)"
+    )
     p.add_argument("--eta", type=float, help="DDIM's η in [0, 1] (default 0: deterministic)")
     churn = "heun-churn's (Karras et al. 2022, Alg. 2; default: the paper's for CIFAR-10,"
     p.add_argument("--s-churn", type=float, metavar="S", help=f"{churn} 30)")

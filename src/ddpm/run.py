@@ -28,6 +28,7 @@ from ddpm.registry import check_name
 from ddpm.samplers import (
     SAMPLERS,
     SPACINGS,
+    auto_sampling,
     classifier_free_guidance,
     get_sampler,
     make_denoiser,
@@ -39,6 +40,7 @@ from ddpm.samplers import (
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
+AUTO = "auto"  # sample.sampler or sample.spacing chosen by ddpm.samplers.AUTO
 
 # The largest model trained: weights, EMA, gradients and AdamW's two moments take 20 bytes a parameter (4 GB).
 MAX_PARAMETERS = 200_000_000
@@ -68,8 +70,8 @@ def check_config(cfg: Config) -> Config:
         "diffusion.variance": lambda: check_name("variance", d.variance, VARIANCES),
         "model.name": lambda: check_name("model", cfg.model.name, MODELS),
         "data.name": lambda: sample_shape(cfg.data),
-        "sample.sampler": lambda: get_sampler(cfg.sample.sampler),
-        "sample.spacing": lambda: check_name("spacing", cfg.sample.spacing, SPACINGS),
+        "sample.sampler": lambda: cfg.sample.sampler == AUTO or get_sampler(cfg.sample.sampler),
+        "sample.spacing": lambda: check_name("spacing", cfg.sample.spacing, (*SPACINGS, AUTO)),
     }
     for key, check in names.items():
         try:
@@ -187,12 +189,26 @@ def sampling_config(
         if value is not None:
             setattr(cfg.sample, key, value)
     check_config(cfg)
+    cfg = chosen(cfg)
     name = cfg.sample.sampler
     for key, value in options.items():
         if value is not None and key not in sampler_options(name, **{key: value}):
             flag, symbol = SAMPLER_OPTIONS[key]
             takers = " and ".join(n for n in SAMPLERS if sampler_options(n, **{key: value}))
             raise ConfigError(f"{flag} {value:g}: only the {takers} sampler takes {symbol}, not {name}")
+    return cfg
+
+
+def chosen(cfg: Config) -> Config:
+    """``cfg`` with a sampler or spacing of "auto" replaced by what :func:`ddpm.samplers.auto_sampling`
+    gives for its number of steps (a copy; ``cfg`` itself when nothing is "auto")."""
+    sample = cfg.sample
+    if AUTO not in (sample.sampler, sample.spacing):
+        return cfg
+    sampler, spacing = auto_sampling(sample_steps(cfg))
+    cfg = copy.deepcopy(cfg)
+    cfg.sample.sampler = sampler if sample.sampler == AUTO else sample.sampler
+    cfg.sample.spacing = spacing if sample.spacing == AUTO else sample.spacing
     return cfg
 
 
@@ -204,19 +220,19 @@ def sample_steps(cfg: Config) -> int:
 def visited_steps(cfg: Config) -> int:
     """How many steps the run's sampler visits: one per evaluation, or fewer for Heun's method, whose
     steps take two (:func:`ddpm.samplers.steps_within`)."""
-    return steps_within(cfg.sample.sampler, sample_steps(cfg))
+    return steps_within(chosen(cfg).sample.sampler, sample_steps(cfg))
 
 
 def evaluations(cfg: Config) -> int:
     """The network evaluations a sample takes with the run's settings (the cost, whatever the sampler)."""
-    return network_evaluations(cfg.sample.sampler, visited_steps(cfg))
+    return network_evaluations(chosen(cfg).sample.sampler, visited_steps(cfg))
 
 
 def sample_timesteps(cfg: Config, schedule: Schedule) -> list[int] | None:
     """The steps the run's sampler visits: all T (None) or :func:`visited_steps` of them, spaced by
     ``sample.spacing``."""
     n = visited_steps(cfg)
-    return None if n == schedule.T else make_timesteps(schedule, n, cfg.sample.spacing)
+    return None if n == schedule.T else make_timesteps(schedule, n, chosen(cfg).sample.spacing)
 
 
 def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float | None = None) -> None:
@@ -294,6 +310,7 @@ def sample(
     appears on stderr once sampling has taken more than 2 s, unless ``progress`` is false.
     """
     check_labels(cfg, label, guidance)
+    cfg = chosen(cfg)
     device = next(model.parameters()).device
     labels = None
     if label is not None:

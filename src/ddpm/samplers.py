@@ -542,6 +542,18 @@ def steps_within(name: str, evaluations: int) -> int:
     return max(1, (evaluations + 1) // 2) if name in TWO_EVALUATIONS_A_STEP else evaluations
 
 
+# The sampler and spacing of a run whose config says "auto" (new runs' default), by the number of network
+# evaluations: the first row whose bound (None: any) is at least the count. PROVISIONAL, not measured: it
+# keeps the behaviour from before the table (DDPM, uniform) at every count, until `ddpm sweep RUN --samplers
+# … --spacings uniform,trailing,logsnr` (README, "Samplers and guidance") measures a trained run for it.
+AUTO: tuple[tuple[int | None, str, str], ...] = ((None, "ddpm", "uniform"),)
+
+
+def auto_sampling(evaluations: int) -> tuple[str, str]:
+    """The (sampler, spacing) that :data:`AUTO` gives for ``evaluations`` network evaluations a sample."""
+    return next((sampler, spacing) for most, sampler, spacing in AUTO if most is None or evaluations <= most)
+
+
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     """The sampler registered under ``name``, or a one-line error naming the choices."""
     return SAMPLERS[check_name("sampler", name, SAMPLERS)]
