@@ -9,6 +9,7 @@ from PIL import Image
 
 from ddpm.cli import main
 from ddpm.metrics import lenet as lenet_module
+from ddpm.samplers import SAMPLERS
 from tests.conftest import DATA
 
 SMALL_UNET = [
@@ -170,17 +171,40 @@ def test_sweep_covers_every_sampler_and_the_full_t_point(runs, capsys):
     assert main(["sweep", str(run), "--n", "20", "--full-n", "10", "--steps", "2,5", "--json"]) == 0
     result = _last_json(capsys)
     plan = [(r["sampler"], r["steps"], r["n"]) for r in result["rows"]]
-    assert plan == [(s, k, 20) for s in ("ddpm", "ddim", "dpmpp2m", "dpmpp2m-sde") for k in (2, 5)] + [
-        ("ddpm", 50, 10)
+    assert plan == [(s, k, 20) for s in SAMPLERS for k in (2, 5)] + [("ddpm", 50, 10)]
+    assert all(np.isfinite(r["fld"]) for r in result["rows"])
+    heun = {2: 1, 5: 5}  # --steps K: at most K network evaluations; Heun's n steps take 2n − 1
+    assert [r["nfe"] for r in result["rows"]] == [
+        heun[r["steps"]] if r["sampler"].startswith("heun") else r["steps"] for r in result["rows"]
     ]
-    assert all(np.isfinite(r["fld"]) and r["nfe"] == r["steps"] for r in result["rows"])
     assert json.loads((run / "eval" / "sweep.json").read_text())["rows"] == result["rows"]
     assert Image.open(run / "eval" / "sweep.png").size[0] > 100
 
 
+def test_sweep_measures_each_spacing_and_labels_the_plot(runs, capsys):
+    run = runs["uncond"]
+    argv = ["sweep", str(run), "--n", "10", "--samplers", "ddim,heun", "--steps", "3"]
+    assert main([*argv, "--spacings", "uniform,trailing", "--json"]) == 0
+    result = _last_json(capsys)
+    plan = [(r["sampler"], r["spacing"], r["steps"], r["nfe"]) for r in result["rows"]]
+    assert plan == [
+        ("ddim", "uniform", 3, 3),
+        ("ddim", "trailing", 3, 3),
+        ("heun", "uniform", 3, 3),
+        ("heun", "trailing", 3, 3),
+        ("ddpm", "uniform", 50, 50),
+    ]
+    assert len({r["fld"] for r in result["rows"][:2]}) == 2  # other steps, other samples
+    assert (run / "eval" / "ddim-3-trailing-n10-s0.json").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--samplers", "ddpm,euler"], "--samplers 'ddpm,euler'"), (["--steps", "0,4"], "expected positive")],
+    [
+        (["--samplers", "ddpm,euler"], "--samplers 'ddpm,euler'"),
+        (["--steps", "0,4"], "expected positive"),
+        (["--spacings", "uniform,karras"], "--spacings 'uniform,karras': choose from"),
+    ],
 )
 def test_sweep_refusals(runs, capsys, argv, message):
     assert main(["sweep", str(runs["uncond"]), *argv]) == 2
@@ -207,3 +231,15 @@ def test_measure_samples_scores_real_digits_near_the_floor_and_refuses_bad_count
     for n, message in [(1, "at least 2"), (len(reference.train_x) + 1, "the floor needs")]:
         with pytest.raises(RunError, match=message):
             reference.check(n)
+
+
+def test_eval_with_heun_churn_names_its_options_and_counts_evaluations(runs, capsys):
+    run = runs["uncond"]
+    argv = ["eval", str(run), "--n", "20", "--sampler", "heun-churn", "--s-churn", "10", "--steps", "5"]
+    assert main([*argv, "--json"]) == 0
+    report = _last_json(capsys)
+    assert (report["sampler"], report["steps"], report["nfe"]) == ("heun-churn", 5, 5)  # 3 steps: 2 + 2 + 1
+    assert report["options"] == {"s_churn": 10.0}
+    assert (run / "eval" / "heun-churn-5-churn10-n20-s0.json").is_file()
+    assert main(["eval", str(run), "--n", "20", "--sampler", "heun", "--s-churn", "10"]) == 2
+    assert "--s-churn 10: only the heun-churn sampler takes S_churn, not heun" in capsys.readouterr().err

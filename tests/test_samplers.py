@@ -13,9 +13,14 @@ from ddpm.samplers import (
     dpmpp_2m_sample,
     dpmpp_2m_sde_sample,
     full_timesteps,
+    heun_churn_sample,
+    heun_sample,
     make_denoiser,
     make_timesteps,
+    network_evaluations,
     sampler_options,
+    steps_within,
+    unipc_sample,
 )
 from ddpm.schedules import make_schedule
 
@@ -153,7 +158,7 @@ def test_ddim_eta_1_is_ddpm_with_small_variance(prediction, timesteps, clip):
     assert torch.allclose(ddim, ddpm, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp2m", "heun", "unipc"])
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_ode_samplers_follow_the_exact_path_to_a_single_point(sampler, spacing):
     """Data = one point x*: the ideal x̂_0 is x* and ε̂ = (x_T − √ᾱ_T x*)/√(1 − ᾱ_T) stays constant, so every
@@ -243,7 +248,16 @@ def test_every_sampler_reads_every_parameterisation(sampler, prediction):
 
 
 @pytest.mark.parametrize(
-    "sampler, tol", [("ddpm", 0.05), ("ddim", 0.02), ("dpmpp2m", 0.002), ("dpmpp2m-sde", 0.02)]
+    "sampler, tol",
+    [
+        ("ddpm", 0.05),
+        ("ddim", 0.02),
+        ("dpmpp2m", 0.002),
+        ("dpmpp2m-sde", 0.02),
+        ("heun", 0.002),
+        ("heun-churn", 0.01),
+        ("unipc", 0.002),
+    ],
 )
 def test_samplers_reproduce_gaussian_data(sampler, tol):
     """Data N(m, s²) with its exact denoiser: 20k samples, 50 steps uniform in log-SNR. The probability-flow
@@ -278,6 +292,110 @@ def test_dpmpp_2m_is_second_order_and_ddim_first_order():
     assert error("dpmpp2m", 20) / error("dpmpp2m", 40) > 3.5
 
 
+def exact_ode_end(schedule, m, s, x_T, t_last):
+    """For data N(m, s²): the probability-flow ODE from x_T at step T − 1 down to step t_last, exactly, then
+    x̂_0 there, which is what every sampler's last step returns: the reference free of that last step."""
+    ab = schedule.alpha_bar
+    z = (x_T - ab[-1].sqrt() * m) / (ab[-1] * s**2 + 1 - ab[-1]).sqrt()  # constant along the ODE
+    a, var = ab[t_last].sqrt(), ab[t_last] * s**2 + 1 - ab[t_last]
+    x = a * m + var.sqrt() * z
+    return m + a * s**2 / var * (x - a * m)
+
+
+def test_heun_is_second_order_and_unipc_third():
+    """Doubling the steps divides Heun's error by about 4 (Karras et al. 2022, sec. 3) and UniPC's by about
+    8: UniP-2 with the corrector UniC is third order (Zhao et al. 2023, sec. 3); DDIM's by 2, for scale.
+    Measured against the exact ODE down to the last visited step, so the last step's x̂_0 adds nothing."""
+    m, s = 0.5, 0.3
+    schedule = make_schedule("linear", 1000)
+    denoise = make_denoiser(gaussian_model(schedule, m, s, "eps"), schedule, "eps")
+    x_T = standard_normal(100)
+
+    def error(sampler, steps):
+        timesteps = make_timesteps(schedule, steps, "logsnr")
+        x = SAMPLERS[sampler](denoise, x_T, schedule, timesteps)
+        return (x - exact_ode_end(schedule, m, s, x_T, timesteps[-1])).abs().max().item()
+
+    assert 1.8 < error("ddim", 20) / error("ddim", 40) < 2.2
+    assert 3.5 < error("heun", 20) / error("heun", 40) < 5.5
+    assert 6.5 < error("unipc", 20) / error("unipc", 40) < 10
+    assert error("unipc", 40) < error("dpmpp2m", 40) / 2  # the corrector, at no extra evaluation
+
+
+def test_heun_counts_two_evaluations_a_step_and_steps_count_evaluations():
+    schedule = make_schedule("cosine", 100)
+    calls = []
+    denoise = make_denoiser(lambda x, t: calls.append(int(t[0])) or fake_model(x, t), schedule)
+    timesteps = make_timesteps(schedule, 5, "trailing")
+    heun_sample(denoise, torch.randn(3, 2), schedule, timesteps)
+    assert calls == [99, 79, 79, 59, 59, 39, 39, 19, 19]  # Euler step, correction at its end; last: Euler
+    assert network_evaluations("heun", 5) == 9 and network_evaluations("unipc", 5) == 5
+    assert [steps_within("heun", k) for k in (1, 2, 3, 9, 10)] == [1, 1, 2, 5, 5]  # never more than K
+    assert all(steps_within(name, 20) == 20 for name in ("ddpm", "ddim", "dpmpp2m", "unipc"))
+
+
+def test_unipc_first_step_is_a_ddim_step_then_corrected():
+    """UniP-1 is DPM-Solver++1, DDIM's step; once the network has seen that state, UniC moves it, and the
+    last step returns x̂_0."""
+    schedule = make_schedule("linear", 100)
+    denoise = make_denoiser(fake_model, schedule, "v")
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 8, "trailing")
+    uni, ddim = [], []
+    out = unipc_sample(denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: uni.append((x, x0)))
+    ddim_sample(denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: ddim.append(x))
+    assert torch.allclose(uni[0][0], ddim[0], atol=1e-12)
+    assert not torch.allclose(uni[1][0], ddim[1], atol=1e-4)
+    assert torch.equal(out, uni[-1][1])
+
+
+def test_heun_churn_without_churn_is_algorithm_1_and_draws_no_noise():
+    schedule = make_schedule("linear", 200)
+    denoise = make_denoiser(fake_model, schedule, "eps")
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 10, "trailing")
+    g = torch.Generator().manual_seed(3)
+    churned = heun_churn_sample(denoise, x_T, schedule, timesteps, s_churn=0.0, generator=g)
+    assert torch.equal(churned, heun_sample(denoise, x_T, schedule, timesteps))
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
+
+
+def test_heun_churn_raises_the_noise_to_a_trained_step():
+    """Algorithm 2, lines 4–6, on our steps: γ = min(S_churn / n, √2 − 1) raises σ_i to the step t̂ whose σ
+    is nearest (1 + γ) σ_i, with fresh noise √(σ̂² − σ²) S_noise z in x / √ᾱ; then Heun's step from t̂.
+    S_tmax lets the first step (σ ≈ 160) go unchurned."""
+    schedule = make_schedule("linear", 1000)
+    calls = []
+    denoise = make_denoiser(lambda x, t: calls.append(int(t[0])) or fake_model(x, t), schedule, "eps")
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 5, "logsnr")
+    sigma = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
+    t0, t1, t2 = timesteps[:3]
+    states = []
+    options = {"s_churn": 1.0, "s_tmin": 0.0, "s_tmax": float(sigma[t1]), "s_noise": 1.01}  # γ = 0.2
+    heun_churn_sample(
+        denoise,
+        x_T,
+        schedule,
+        timesteps,
+        **options,
+        generator=torch.Generator().manual_seed(1),
+        callback=lambda i, t, x, x0: states.append(x),
+    )
+    t_hat = int((sigma - 1.2 * sigma[t1]).abs().argmin())
+    assert t1 < t_hat < t0 and calls[:4] == [t0, t1, t_hat, t2]  # evaluated where the network was trained
+    z = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1), dtype=x_T.dtype)
+    ab = schedule.alpha_bar
+    x_hat = ab[t_hat].sqrt() * (
+        states[0] / ab[t1].sqrt() + (sigma[t_hat] ** 2 - sigma[t1] ** 2).sqrt() * 1.01 * z
+    )
+    heun = []
+    heun_sample(
+        denoise, x_hat, schedule, [t_hat, *timesteps[2:]], callback=lambda i, t, x, x0: heun.append(x)
+    )
+    assert torch.allclose(states[1], heun[0], atol=1e-12)
+
+
 def test_samplers_refuse_options_and_timesteps_they_do_not_take():
     schedule = make_schedule("linear", 50)
     denoise, x_T = make_denoiser(fake_model, schedule), torch.randn(4, 2)
@@ -289,6 +407,13 @@ def test_samplers_refuse_options_and_timesteps_they_do_not_take():
         ddpm_sample(denoise, x_T, schedule, eta=0.0)
     with pytest.raises(ValueError, match="eta"):
         ddim_sample(denoise, x_T, schedule, eta=-0.1)
+    with pytest.raises(TypeError):
+        heun_sample(denoise, x_T, schedule, s_churn=1.0)
+    for bad in ({"s_churn": -1.0}, {"s_noise": 0.0}, {"s_tmin": 2.0, "s_tmax": 1.0}):
+        with pytest.raises(ValueError, match="s_churn ≥ 0"):
+            heun_churn_sample(denoise, x_T, schedule, **bad)
+    with pytest.raises(ValueError, match="order"):
+        unipc_sample(denoise, x_T, schedule, order=4)
     for bad in ([], [10, 20], [10, 10, 0], [50, 0], [5, -1]):
         for sampler in SAMPLERS.values():
             with pytest.raises(ValueError, match="timesteps"):
@@ -301,6 +426,9 @@ def test_sampler_options_keeps_what_each_sampler_takes():
     assert sampler_options("ddim", **settings) == {"eta": 0.5}
     assert sampler_options("dpmpp2m", **settings) == {}
     assert sampler_options("dpmpp2m-sde", **settings) == {}
+    churn = {"s_churn": 10.0, "s_tmin": 0.1, "s_tmax": 2.0, "s_noise": 1.0}
+    assert sampler_options("heun-churn", **settings, **churn) == churn
+    assert sampler_options("heun", **settings, **churn) == sampler_options("unipc", **churn) == {}
     assert sampler_options("ddim", variance="small", eta=None) == {}  # None: the sampler's default
     with pytest.raises(ValueError, match="unknown sampler"):
         sampler_options("euler", eta=0.0)
@@ -423,6 +551,11 @@ def test_samplers_start_from_pure_noise_with_zero_terminal_snr(sampler):
         denoise, x_T, schedule, timesteps, callback=lambda *a: states.append(a[2]), **options
     )
     assert torch.isfinite(x).all() and torch.allclose(x, torch.full_like(x, 0.4), atol=1e-10)
-    if sampler in ("ddim", "dpmpp2m"):  # deterministic; the others replace x_T by fresh noise
+    if sampler in (
+        "ddim",
+        "dpmpp2m",
+        "heun",
+        "unipc",
+    ):  # deterministic; the others replace x_T by fresh noise
         ab = schedule.alpha_bar[timesteps[1]]
         assert torch.allclose(states[0], ab.sqrt() * 0.4 + (1 - ab).sqrt() * x_T, atol=1e-10)

@@ -31,8 +31,11 @@ from ddpm.samplers import (  # noqa: E402
     ddpm_sample,
     dpmpp_2m_sample,
     dpmpp_2m_sde_sample,
+    heun_sample,
     make_denoiser,
     make_timesteps,
+    network_evaluations,
+    unipc_sample,
 )
 from ddpm.schedules import make_schedule  # noqa: E402
 
@@ -349,3 +352,104 @@ def test_dpmpp_2m_sde_matches_sde_dpm_solver_multistep(schedule_name, prediction
         x = scheduler.step(model_at(x, int(t)), t, x, variance_noise=noises[i].float()).prev_sample
         assert torch.allclose(seen[i].float(), x, atol=1e-5, rtol=1e-5), (i, int(t))
     assert torch.allclose(ours.float(), x, atol=1e-5)
+
+
+# --- EDM's Heun sampler ---------------------------------------------------------------------------------
+
+
+def sigmas_at(schedule, timesteps):
+    """σ_t = √((1 − ᾱ_t) / ᾱ_t) of the steps, in float64 from our ᾱ, and 0 for the end."""
+    alpha_bar = schedule.alpha_bar[timesteps]
+    return torch.cat([((1 - alpha_bar) / alpha_bar).sqrt(), torch.zeros(1, dtype=torch.float64)])
+
+
+@pytest.mark.parametrize("schedule_name", list(SCHEDULES))
+@pytest.mark.parametrize("prediction", list(PREDICTION_TYPES))
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
+def test_heun_matches_heun_discrete_scheduler(schedule_name, prediction, spacing):
+    """EDM's Algorithm 1 against HeunDiscreteScheduler over our steps (``set_timesteps(timesteps=...)``).
+
+    diffusers' state is EDM's x = x_t / √ᾱ_t (its init_noise_sigma scales the noise, scale_model_input
+    divides by √(σ² + 1) = 1/√ᾱ_t), so x_T goes in as x_T / √ᾱ_{t_0}; it lists each step twice (the Euler
+    step, then the correction, each one network call) and the last once: 2n − 1 calls on n steps. Its σ is
+    float32 from float32 ᾱ; given our float64 σ (repeated as it repeats them) it steps in float64. To
+    1e-7, not 1e-10: the cosine schedule's first trailing step goes from σ = 2·10⁴ to 5.7, and the
+    correction multiplies the rounding of the Euler state there by σ_t / σ_s, on both sides alike.
+    """
+    schedule = SCHEDULES[schedule_name]
+    timesteps = make_timesteps(schedule, 9, spacing)
+    x_T = start()
+    calls = []
+
+    def counted(x, t):
+        calls.append(int(t[0]))
+        return fake_model(x, t)
+
+    seen = []
+    denoise = make_denoiser(counted, schedule, prediction)
+    ours = heun_sample(denoise, x_T, schedule, timesteps, callback=lambda i, t, x, x0: seen.append(x))
+    assert len(calls) == 2 * len(timesteps) - 1 == network_evaluations("heun", len(timesteps))
+
+    scheduler = diffusers.HeunDiscreteScheduler(
+        num_train_timesteps=T,
+        trained_betas=schedule.betas.numpy(),
+        prediction_type=PREDICTION_TYPES[prediction],
+    )
+    scheduler.set_timesteps(timesteps=timesteps)
+    sigmas = sigmas_at(schedule, timesteps)
+    scheduler.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
+    assert [int(t) for t in scheduler.timesteps] == calls
+    x = x_T * (1 + sigmas[0] ** 2).sqrt()
+    for k, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(x, t)
+        x = scheduler.step(model_at(model_input, int(t)), t, x).prev_sample
+        if k % 2 == 1:  # step i ends with its correction: our state there, in EDM's variables
+            i = k // 2
+            assert torch.allclose(seen[i] * (1 + sigmas[i + 1] ** 2).sqrt(), x, rtol=1e-7, atol=1e-7), k
+    assert torch.allclose(ours, x, rtol=1e-7, atol=1e-7)
+
+
+# --- UniPC ------------------------------------------------------------------------------------------------
+
+
+def unipc(schedule, timesteps, prediction: str, order: int):
+    """diffusers' UniPC (bh2, data prediction, lower_order_final, ending at σ = 0) over our exact steps. Its
+    set_timesteps takes no list of steps: they are set after it, with float64 σ from our ᾱ."""
+    scheduler = diffusers.UniPCMultistepScheduler(
+        num_train_timesteps=T,
+        trained_betas=schedule.betas.numpy(),
+        solver_order=order,
+        solver_type="bh2",
+        predict_x0=True,
+        lower_order_final=True,
+        prediction_type=PREDICTION_TYPES[prediction],
+        final_sigmas_type="zero",
+    )
+    scheduler.set_timesteps(len(timesteps))
+    scheduler.timesteps = torch.tensor(timesteps)
+    scheduler.sigmas = sigmas_at(schedule, timesteps)
+    return scheduler
+
+
+@pytest.mark.parametrize("schedule_name", list(SCHEDULES))
+@pytest.mark.parametrize("prediction", list(PREDICTION_TYPES))
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
+@pytest.mark.parametrize("order", [2, 3])
+def test_unipc_matches_unipc_multistep(schedule_name, prediction, spacing, order):
+    """Whole trajectories, 12 steps; each step's state is the predictor's (the corrector acts on it once the
+    network has seen it). UniPCMultistepScheduler lowers the order on the last steps with
+    lower_order_final=True, as ours does; without it a last step of order > 1 into σ = 0 divides by r = 0."""
+    schedule = SCHEDULES[schedule_name]
+    timesteps = make_timesteps(schedule, 12, spacing)
+    x_T = start()
+    seen = []
+    denoise = make_denoiser(fake_model, schedule, prediction)
+    callback = lambda i, t, x, x0: seen.append(x)  # noqa: E731
+    ours = unipc_sample(denoise, x_T, schedule, timesteps, order=order, callback=callback)
+
+    scheduler = unipc(schedule, timesteps, prediction, order)
+    x = x_T
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(model_at(x, int(t)), t, x).prev_sample
+        assert torch.allclose(seen[i], x, rtol=1e-9, atol=1e-9), (i, int(t))
+    assert torch.allclose(ours, x, rtol=1e-9, atol=1e-9)

@@ -67,7 +67,7 @@ def cmd_sample(args) -> int:
         Path(args.run), weights=args.weights, device=args.device, ema_sigma_rel=args.ema_sigma_rel
     )
     cfg = run.sampling_config(
-        loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta
+        loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, **_options(args)
     )
     run.check_labels(cfg, args.label, args.guidance)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
@@ -240,13 +240,13 @@ def cmd_eval(args) -> int:
         guidance=args.guidance,
         seed=args.seed,
         spacing=args.spacing,
-        eta=args.eta,
         fid=args.fid,
         batch_size=args.batch_size,
         device=args.device,
         name=args.name,
         ema_sigma_rel=args.ema_sigma_rel,
         log=lambda message: print(message, file=sys.stderr),
+        **_options(args),
     )
     for key, label in EVAL_ROWS:
         if report.get(key) is not None:
@@ -282,23 +282,29 @@ def cmd_sweep(args) -> int:
             get_sampler(name)
     except ValueError as e:
         raise ConfigError(f"--samplers {args.samplers!r}: {e}") from None
+    spacings = tuple(s.strip() for s in args.spacings.split(",") if s.strip())
+    if not spacings or not set(spacings) <= set(SPACINGS):
+        raise ConfigError(f"--spacings {args.spacings!r}: choose from {', '.join(SPACINGS)}")
     result = sweep_run(
         Path(args.run),
         n=args.n,
         full_n=args.full_n,
         samplers=samplers,
         steps=_int_list(args.steps, "--steps"),
+        spacings=tuple(dict.fromkeys(spacings)),
         guidance=args.guidance,
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
+        ema_sigma_rel=args.ema_sigma_rel,
         log=lambda message: print(message, file=sys.stderr),
     )
-    print(f"{'sampler':>8} {'steps':>6} {'N':>6} {'FLD':>9} {'floor':>8} {'seconds':>8}")
+    head = ("sampler", "spacing", "steps", "NFE", "N", "FLD", "floor", "seconds")
+    print("{:>11} {:>9} {:>6} {:>5} {:>6} {:>9} {:>8} {:>8}".format(*head))
     for r in result["rows"]:
         print(
-            f"{r['sampler']:>8} {r['steps']:>6} {r['n']:>6} {r['fld']:>9.3f} {r['fld_train_test']:>8.3f}"
-            f" {r['sample_seconds']:>8.1f}"
+            f"{r['sampler']:>11} {r['spacing']:>9} {r['steps']:>6} {r['nfe']:>5} {r['n']:>6} {r['fld']:>9.3f}"
+            f" {r['fld_train_test']:>8.3f} {r['sample_seconds']:>8.1f}"
         )
     print(f"wrote {result['path']} and sweep.png")
     if args.json:
@@ -340,12 +346,32 @@ def _ema_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _options(args) -> dict:
+    """The sampler options given on the command line (``--eta``, ``--s-churn``, …), by config key."""
+    return {key: getattr(args, key) for key in run.SAMPLER_OPTIONS}
+
+
 def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's") -> None:
-    """--sampler, --steps, --spacing, --eta and --guidance, shared by sample, eval and sweep."""
-    p.add_argument("--sampler", choices=list(SAMPLERS), help="default: the run's (ddpm)")
-    p.add_argument("--steps", type=int, help=f"sampling steps (default: {default_steps})")
-    p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
+    """--sampler, --steps, --spacing, the samplers' options and --guidance, shared by sample and eval."""
+    p.add_argument(
+        "--sampler",
+        choices=[*SAMPLERS, "auto"],
+        help="default: the run's (auto: the one ddpm.samplers.AUTO gives for the steps)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help=f"network evaluations per sample (default: {default_steps}); Heun's steps take two, but one",
+    )
+    p.add_argument(
+        "--spacing", choices=[*SPACINGS, "auto"], help="which steps when fewer than T (default: the run's)"
+    )
     p.add_argument("--eta", type=float, help="DDIM's η in [0, 1] (default 0: deterministic)")
+    churn = "heun-churn's (Karras et al. 2022, Alg. 2; default: the paper's for CIFAR-10,"
+    p.add_argument("--s-churn", type=float, metavar="S", help=f"{churn} 30)")
+    p.add_argument("--s-tmin", type=float, metavar="S", help=f"{churn} 0.01)")
+    p.add_argument("--s-tmax", type=float, metavar="S", help=f"{churn} 1)")
+    p.add_argument("--s-noise", type=float, metavar="S", help=f"{churn} 1.007)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
 
 
@@ -427,14 +453,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="end with the report as one JSON line")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("sweep", help="FLD against the number of sampling steps, for each sampler")
+    p = sub.add_parser("sweep", help="FLD against network evaluations, for each sampler and spacing")
     p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
     p.add_argument("--n", type=int, default=1000, help="samples per point (default 1000)")
     p.add_argument("--full-n", type=int, help="samples for the full-T DDPM point (default: --n)")
     p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default: all)")
-    p.add_argument("--steps", default="10,20,50,100", help="comma-separated step counts (T is always added)")
+    p.add_argument(
+        "--steps",
+        default="10,20,50,100",
+        help="comma-separated network evaluations per sample (T, with ddpm, is always added)",
+    )
+    p.add_argument(
+        "--spacings",
+        default="uniform",
+        help=f"comma-separated spacings, each measured at every step count ({', '.join(SPACINGS)})",
+    )
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
     p.add_argument("--seed", type=int, default=0, help="the sampling seed of every point (default 0)")
+    _ema_flag(p)
     p.add_argument(
         "--batch-size", type=int, help="samples drawn at once (default: 100 on a CPU, 1000 on a GPU)"
     )

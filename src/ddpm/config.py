@@ -92,10 +92,16 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "ddpm"  # ddpm, ddim, dpmpp2m or dpmpp2m-sde (ddpm.samplers.SAMPLERS)
-    steps: int | None = None  # None = all T steps
-    spacing: str = "uniform"  # which steps when fewer than T: uniform, trailing, quadratic, logsnr
+    # "auto": the sampler and spacing that ddpm.samplers.AUTO gives for the number of steps; runs from
+    # before it saved "ddpm" and "uniform", and keep them
+    sampler: str = "auto"  # or a name of ddpm.samplers.SAMPLERS: ddpm, ddim, dpmpp2m, heun, unipc, …
+    steps: int | None = None  # network evaluations per sample; None = T
+    spacing: str = "auto"  # which steps when fewer than T: uniform, trailing, quadratic, logsnr
     eta: float = 0.0  # DDIM's η: 0 deterministic, 1 ancestral
+    s_churn: float | None = None  # heun-churn's S_churn, S_tmin, S_tmax, S_noise (Karras et al. 2022,
+    s_tmin: float | None = None  # Alg. 2); None: the sampler's defaults, the paper's for CIFAR-10
+    s_tmax: float | None = None
+    s_noise: float | None = None
     eval_n: int = 2000  # samples drawn for the metrics written at the end of training
 
 
@@ -321,6 +327,10 @@ RULES: dict[str, Range | Rule] = {
     "train.sample_every": NON_NEGATIVE,
     "train.sample_n": Range(1, 100_000),
     "sample.eta": Range(0, 1),
+    "sample.s_churn": Range(0, 1000),  # γ = min(S_churn / steps, √2 − 1)
+    "sample.s_tmin": NON_NEGATIVE,
+    "sample.s_tmax": NON_NEGATIVE,
+    "sample.s_noise": Range(0, 2, open_lo=True),  # the paper's lie in 1 … 1.007
     "sample.eval_n": Range(0, 20_000),  # the 2-D metrics take a time quadratic in it
 }
 

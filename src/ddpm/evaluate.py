@@ -34,18 +34,24 @@ from ddpm.metrics.fld import (
 from ddpm.metrics.frechet import frechet_distance, gaussian_statistics
 from ddpm.metrics.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
 from ddpm.run import (
+    SAMPLER_OPTIONS,
     RunError,
     check_finite,
     check_labels,
+    evaluations,
     load_run,
     sample,
     sample_steps,
     sampling_config,
 )
-from ddpm.samplers import SAMPLERS
+from ddpm.samplers import SAMPLERS, sampler_options
 
 EVAL_DIR = "eval"
 GRID_N = 100
+
+
+# How a sampler's option is written in a report's name (only when the sampler takes it and it is set).
+OPTION_TAGS = {"eta": "eta", "s_churn": "churn", "s_tmin": "tmin", "s_tmax": "tmax", "s_noise": "noise"}
 
 
 def eval_name(
@@ -57,9 +63,12 @@ def eval_name(
     spacing: str = "uniform",
     eta=0.0,
     ema_sigma_rel: float | None = None,
+    **options: float | None,
 ) -> str:
-    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-ema0.1-s0``."""
-    e = f"-eta{eta:g}" if sampler == "ddim" and eta else ""
+    """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-ema0.1-s0``,
+    ``heun-churn-19-churn10-n1000-s0``: the options the sampler takes and that are set (η when not 0)."""
+    taken = sampler_options(sampler, eta=eta or None, **options)
+    e = "".join(f"-{OPTION_TAGS[key]}{value:g}" for key, value in taken.items())
     sp = f"-{spacing}" if spacing != "uniform" else ""
     g = f"-g{guidance:g}" if guidance is not None else ""
     ema = f"-ema{ema_sigma_rel:g}" if ema_sigma_rel is not None else ""
@@ -160,7 +169,6 @@ def evaluate_run(
     guidance: float | None = None,
     seed: int = 0,
     spacing: str | None = None,
-    eta: float | None = None,
     fid: bool = False,
     batch_size: int | None = None,
     device: str | None = None,
@@ -169,8 +177,11 @@ def evaluate_run(
     progress: bool = True,
     log=print,
     reference: ReferenceSet | None = None,
+    **options: float | None,
 ) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report.
+
+    ``options`` are one sampler's (``eta``, ``s_churn``, …; :func:`ddpm.run.sampling_config`).
 
     ``ema_sigma_rel`` samples the post-hoc EMA of that length instead of the run's EMA
     (:func:`ddpm.run.load_run`). ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves
@@ -180,15 +191,24 @@ def evaluate_run(
     if name:
         check_report_name(name)
     loaded = load_run(run_dir, weights="ema", device=device, ema_sigma_rel=ema_sigma_rel)
-    cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, eta=eta)
+    cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, **options)
     num_classes = cfg.model.num_classes
     requested = torch.arange(n) % num_classes if num_classes else None
     check_labels(cfg, requested, guidance)
     if batch_size is None:  # smaller batches sample faster on a CPU (docs/results.md)
         batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
     steps = sample_steps(cfg)
+    chosen = {key: getattr(cfg.sample, key) for key in SAMPLER_OPTIONS}
+    taken = sampler_options(cfg.sample.sampler, **chosen)
     name = name or eval_name(
-        cfg.sample.sampler, steps, n, guidance, seed, cfg.sample.spacing, cfg.sample.eta, ema_sigma_rel
+        cfg.sample.sampler,
+        steps,
+        n,
+        guidance,
+        seed,
+        cfg.sample.spacing,
+        ema_sigma_rel=ema_sigma_rel,
+        **chosen,
     )
     dataset = cfg.data.name
     if reference is None or reference.dataset != dataset:
@@ -215,8 +235,10 @@ def evaluate_run(
     report.update(
         sampler=cfg.sample.sampler,
         steps=steps,
+        nfe=evaluations(cfg),
         spacing=cfg.sample.spacing,
         eta=cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
+        options={key: value for key, value in taken.items() if key != "eta"} or None,
         guidance=guidance,
         ema_sigma_rel=ema_sigma_rel,
         ema_profile_error=loaded.posthoc.profile_error if loaded.posthoc else None,
@@ -278,47 +300,65 @@ def sweep_run(
     full_n: int | None = None,
     samplers: list[str] | None = None,
     steps: tuple[int, ...] = SWEEP_STEPS,
+    spacings: tuple[str, ...] = ("uniform",),
     guidance: float | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     device: str | None = None,
+    ema_sigma_rel: float | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Quality against cost: FLD at each step count for each sampler, and the full-T DDPM sampler.
+    """Quality against cost: FLD for each sampler, spacing and step count, and the full-T DDPM sampler.
 
-    Every point is one :func:`evaluate_run` (its report lands in ``RUN/eval/`` as usual). The full-T point
-    costs T network evaluations per sample, so it may use fewer samples (``full_n``); its FLD is then
-    compared with its own floor, at its own N. Writes ``RUN/eval/sweep.json`` and ``RUN/eval/sweep.png``.
+    Every point is one :func:`evaluate_run` (its report lands in ``RUN/eval/`` as usual); ``steps`` count
+    network evaluations (``nfe`` in each row: Heun's can be one fewer). The full-T point costs T evaluations
+    per sample, so it may use fewer samples (``full_n``); its FLD is then compared with its own floor, at its
+    own N. ``ema_sigma_rel`` measures that post-hoc EMA instead of the run's EMA. Writes
+    ``RUN/eval/sweep.json`` and ``RUN/eval/sweep.png``.
     """
     run_dir = Path(run_dir)
     loaded_cfg = load_run(run_dir, device="cpu").cfg
     T = loaded_cfg.diffusion.T
     full_n = full_n or n
     samplers = samplers or list(SAMPLERS)
-    plan = [(s, k, n) for s in samplers for k in steps if k < T] + [("ddpm", T, full_n)]
+    plan = [(s, sp, k, n) for s in samplers for sp in spacings for k in steps if k < T]
+    plan.append(("ddpm", "uniform", T, full_n))  # every step: the spacing does not matter
     reference = ReferenceSet.load(loaded_cfg.data.name, loaded_cfg.data.root, progress=progress, log=log)
     rows = []
-    for i, (sampler, k, size) in enumerate(plan):
-        log(f"sweep {i + 1}/{len(plan)}: {sampler}, {k} steps, N = {size}")
+    for i, (sampler, spacing, k, size) in enumerate(plan):
+        log(f"sweep {i + 1}/{len(plan)}: {sampler}, {spacing}, {k} steps, N = {size}")
         report = evaluate_run(
             run_dir,
             n=size,
             sampler=sampler,
             steps=k,
+            spacing=spacing,
             guidance=guidance,
             seed=seed,
             batch_size=batch_size,
             device=device,
+            ema_sigma_rel=ema_sigma_rel,
             progress=progress,
             log=log,
             reference=reference,
         )
-        keep = ("sampler", "steps", "n", "fld", "fld_train_test", "fld_noise_test", "class_entropy")
+        keep = ("sampler", "spacing", "steps", "nfe", "n", "fld", "fld_train_test", "fld_noise_test")
         row = {key: report[key] for key in keep}
-        row.update(nfe=k, sample_seconds=report["sample_seconds"], precision=report.get("precision"))
+        row.update(
+            class_entropy=report["class_entropy"],
+            sample_seconds=report["sample_seconds"],
+            precision=report.get("precision"),
+        )
         rows.append(row)
-    result = {"run": str(run_dir), "guidance": guidance, "seed": seed, "T": T, "rows": rows}
+    result = {
+        "run": str(run_dir),
+        "guidance": guidance,
+        "seed": seed,
+        "T": T,
+        "ema_sigma_rel": ema_sigma_rel,
+        "rows": rows,
+    }
     out = run_dir / EVAL_DIR
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
     plotting.fld_vs_nfe(out / "sweep.png", rows, title=f"{run_dir.name}: FLD against network evaluations")

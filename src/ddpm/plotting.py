@@ -147,12 +147,17 @@ def labelled_grid(
 
 
 def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Path:
-    """FLD against the number of network evaluations, one line per sampler; the floor (real training images
-    at the same N) dashed. ``rows`` hold ``sampler``, ``nfe``, ``n``, ``fld`` and ``fld_train_test``."""
+    """FLD against the number of network evaluations, one line per sampler and spacing (named "sampler,
+    spacing" when rows have several spacings); the floor (real training images at the same N) dashed.
+    ``rows`` hold ``sampler``, ``nfe``, ``n``, ``fld``, ``fld_train_test`` and optionally ``spacing``."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for sampler in dict.fromkeys(r["sampler"] for r in rows):
-        mine = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in mine], [r["fld"] for r in mine], "o-", label=sampler)
+    several = len({r.get("spacing") for r in rows if r["nfe"] < max(q["nfe"] for q in rows)}) > 1
+    lines = dict.fromkeys((r["sampler"], r.get("spacing")) for r in rows)
+    for sampler, spacing in lines:
+        mine = [r for r in rows if (r["sampler"], r.get("spacing")) == (sampler, spacing)]
+        mine.sort(key=lambda r: r["nfe"])
+        label = f"{sampler}, {spacing}" if several and len(mine) > 1 else sampler
+        ax.plot([r["nfe"] for r in mine], [r["fld"] for r in mine], "o-", label=label)
     for n in sorted({r["n"] for r in rows}):
         floor = np.mean([r["fld_train_test"] for r in rows if r["n"] == n])
         ax.axhline(floor, color="k", lw=0.8, ls="--")

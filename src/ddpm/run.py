@@ -26,16 +26,21 @@ from ddpm.models import MODELS, SHAPE_ARGUMENTS, build_model, check_kwargs, para
 from ddpm.progress import progress_bar
 from ddpm.registry import check_name
 from ddpm.samplers import (
+    SAMPLERS,
     SPACINGS,
+    auto_sampling,
     classifier_free_guidance,
     get_sampler,
     make_denoiser,
     make_timesteps,
+    network_evaluations,
     sampler_options,
+    steps_within,
 )
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
+AUTO = "auto"  # sample.sampler or sample.spacing chosen by ddpm.samplers.AUTO
 
 # The largest model trained: weights, EMA, gradients and AdamW's two moments take 20 bytes a parameter (4 GB).
 MAX_PARAMETERS = 200_000_000
@@ -66,8 +71,8 @@ def check_config(cfg: Config) -> Config:
         "diffusion.noise_levels": lambda: check_name("noise levels", d.noise_levels, NOISE_LEVELS),
         "model.name": lambda: check_name("model", cfg.model.name, MODELS),
         "data.name": lambda: sample_shape(cfg.data),
-        "sample.sampler": lambda: get_sampler(cfg.sample.sampler),
-        "sample.spacing": lambda: check_name("spacing", cfg.sample.spacing, SPACINGS),
+        "sample.sampler": lambda: cfg.sample.sampler == AUTO or get_sampler(cfg.sample.sampler),
+        "sample.spacing": lambda: check_name("spacing", cfg.sample.spacing, (*SPACINGS, AUTO)),
     }
     for key, check in names.items():
         try:
@@ -152,40 +157,83 @@ def make_model(cfg: Config, source: str = "") -> nn.Module:
 # --- How a run samples -----------------------------------------------------------------------------------
 
 
+# The options one sampler takes, as the command line writes them and as the paper names them.
+SAMPLER_OPTIONS = {
+    "eta": ("--eta", "η"),
+    "s_churn": ("--s-churn", "S_churn"),
+    "s_tmin": ("--s-tmin", "S_tmin"),
+    "s_tmax": ("--s-tmax", "S_tmax"),
+    "s_noise": ("--s-noise", "S_noise"),
+}
+
+
 def sampling_config(
     cfg: Config,
     *,
     sampler: str | None = None,
     steps: int | None = None,
     spacing: str | None = None,
-    eta: float | None = None,
+    **options: float | None,
 ) -> Config:
     """A checked copy of ``cfg`` whose sampling settings take the values given (None keeps the run's own).
 
     The one place where ``ddpm sample``, ``ddpm eval``, ``ddpm sweep`` and the notebooks change how a run
-    samples; ``steps = T`` (or none) means every step.
+    samples; ``steps = T`` (or none) means every step. ``options`` are those of one sampler
+    (:data:`SAMPLER_OPTIONS`: ``eta``, ``s_churn``, …); one the sampler does not take is refused.
     """
+    unknown = set(options) - set(SAMPLER_OPTIONS)
+    if unknown:
+        raise TypeError(f"sampling_config() got unexpected options: {', '.join(sorted(unknown))}")
     cfg = copy.deepcopy(cfg)
-    given = {"sampler": sampler, "steps": steps, "spacing": spacing, "eta": eta}
+    given = {"sampler": sampler, "steps": steps, "spacing": spacing, **options}
     for key, value in given.items():
         if value is not None:
             setattr(cfg.sample, key, value)
     check_config(cfg)
-    if eta is not None and "eta" not in sampler_options(cfg.sample.sampler, eta=eta):
-        raise ConfigError(f"--eta {eta:g}: only the ddim sampler takes η, not {cfg.sample.sampler}")
+    cfg = chosen(cfg)
+    name = cfg.sample.sampler
+    for key, value in options.items():
+        if value is not None and key not in sampler_options(name, **{key: value}):
+            flag, symbol = SAMPLER_OPTIONS[key]
+            takers = " and ".join(n for n in SAMPLERS if sampler_options(n, **{key: value}))
+            raise ConfigError(f"{flag} {value:g}: only the {takers} sampler takes {symbol}, not {name}")
+    return cfg
+
+
+def chosen(cfg: Config) -> Config:
+    """``cfg`` with a sampler or spacing of "auto" replaced by what :func:`ddpm.samplers.auto_sampling`
+    gives for its number of steps (a copy; ``cfg`` itself when nothing is "auto")."""
+    sample = cfg.sample
+    if AUTO not in (sample.sampler, sample.spacing):
+        return cfg
+    sampler, spacing = auto_sampling(sample_steps(cfg))
+    cfg = copy.deepcopy(cfg)
+    cfg.sample.sampler = sampler if sample.sampler == AUTO else sample.sampler
+    cfg.sample.spacing = spacing if sample.spacing == AUTO else sample.spacing
     return cfg
 
 
 def sample_steps(cfg: Config) -> int:
-    """How many steps (network evaluations) the run's sampler takes."""
+    """The run's ``sample.steps`` (``--steps``), or T: the network evaluations its sampler may take."""
     return cfg.sample.steps or cfg.diffusion.T
 
 
+def visited_steps(cfg: Config) -> int:
+    """How many steps the run's sampler visits: one per evaluation, or fewer for Heun's method, whose
+    steps take two (:func:`ddpm.samplers.steps_within`)."""
+    return steps_within(chosen(cfg).sample.sampler, sample_steps(cfg))
+
+
+def evaluations(cfg: Config) -> int:
+    """The network evaluations a sample takes with the run's settings (the cost, whatever the sampler)."""
+    return network_evaluations(chosen(cfg).sample.sampler, visited_steps(cfg))
+
+
 def sample_timesteps(cfg: Config, schedule: Schedule) -> list[int] | None:
-    """The run's sampling steps: all T (None) or ``sample.steps`` of them, spaced by ``sample.spacing``."""
-    if sample_steps(cfg) == schedule.T:
-        return None
-    return make_timesteps(schedule, cfg.sample.steps, cfg.sample.spacing)
+    """The steps the run's sampler visits: all T (None) or :func:`visited_steps` of them, spaced by
+    ``sample.spacing``."""
+    n = visited_steps(cfg)
+    return None if n == schedule.T else make_timesteps(schedule, n, chosen(cfg).sample.spacing)
 
 
 def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float | None = None) -> None:
@@ -232,7 +280,7 @@ class ReverseFrames:
     @classmethod
     def about(cls, frames: int, cfg: Config, keep: int | None = None) -> ReverseFrames:
         """About ``frames`` frames, evenly spaced over the run's sampling steps."""
-        steps = sample_steps(cfg)
+        steps = visited_steps(cfg)
         return cls(max(1, steps // frames), keep, last=steps - 1)
 
     def __call__(self, i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
@@ -263,6 +311,7 @@ def sample(
     appears on stderr once sampling has taken more than 2 s, unless ``progress`` is false.
     """
     check_labels(cfg, label, guidance)
+    cfg = chosen(cfg)
     device = next(model.parameters()).device
     labels = None
     if label is not None:
@@ -270,9 +319,10 @@ def sample(
     generator = torch.Generator(device).manual_seed(seed)
     sampler = get_sampler(cfg.sample.sampler)
     timesteps = sample_timesteps(cfg, schedule)
-    options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, eta=cfg.sample.eta)
+    settings = {key: getattr(cfg.sample, key) for key in SAMPLER_OPTIONS}
+    options = sampler_options(cfg.sample.sampler, variance=cfg.diffusion.variance, **settings)
     bar = progress_bar(  # shown once sampling has taken more than 2 s
-        total=n * sample_steps(cfg),
+        total=n * visited_steps(cfg),
         desc="sampling",
         unit="img-step",
         disable=not progress,

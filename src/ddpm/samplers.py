@@ -155,6 +155,18 @@ def _lambda(schedule: Schedule, t: int) -> float:
     return math.inf if t < 0 else 0.5 * float(schedule.log_snr[t])
 
 
+def _sigma(schedule: Schedule, t: int) -> float:
+    """σ_t = √((1 − ᾱ_t) / ᾱ_t): the noise level of step t in EDM's variables (Karras et al. 2022, sec. 2),
+    where x_t / √ᾱ_t = x_0 + σ_t ε; 0 at t = −1 (the data), ∞ where ᾱ_t = 0 (zero terminal SNR)."""
+    ab = _alpha_bar(schedule, t)
+    return math.inf if ab == 0 else math.sqrt((1 - ab) / ab)
+
+
+def _at(x: torch.Tensor, t: int) -> torch.Tensor:
+    """Step t for every sample of the batch x, as the denoiser takes it."""
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+
+
 def _multistep_x0(x0: torch.Tensor, x0_prev: torch.Tensor | None, h: float, h_prev: float | None):
     """The data prediction D of DPM-Solver++(2M)'s step (Lu et al. 2022, Alg. 2): x̂_0(t) on the first step,
     then D = (1 + 1/(2r)) x̂_0(t) − 1/(2r) x̂_0(t_prev) with r = h_prev / h, a linear extrapolation in λ of the
@@ -318,12 +330,229 @@ def dpmpp_2m_sde_sample(
     return x
 
 
+def _heun_step(denoise: Denoiser, x_t: torch.Tensor, t: int, s: int, schedule: Schedule):
+    """One step of Heun's method from step t to step s (s = −1: σ = 0) in EDM's variables x = x_t / √ᾱ_t
+    (Karras et al. 2022, Alg. 1, lines 4–8), where the slope d = (x − D(x; σ)) / σ is our ε̂. Returns x_s
+    (back in our variables, √ᾱ_s x) and the x̂_0 of the step's first evaluation."""
+    sigma_t, sigma_s = _sigma(schedule, t), _sigma(schedule, s)
+    x0, d = denoise(x_t, _at(x_t, t))  # D(x; σ_t) and d_i = (x − D(x; σ_t)) / σ_t
+    if math.isinf(sigma_t):  # zero terminal SNR: x = ∞; the Euler step's limit is x̂_0 + σ_s d, no correction
+        return _alpha_bar(schedule, s) ** 0.5 * (x0 + sigma_s * d), x0
+    x = x_t / _alpha_bar(schedule, t) ** 0.5
+    x_next = x + (sigma_s - sigma_t) * d  # Euler step (line 5)
+    if sigma_s > 0:  # second-order correction (lines 6–8): the mean of the slopes at both ends
+        scale_s = _alpha_bar(schedule, s) ** 0.5
+        _, d_next = denoise(scale_s * x_next, _at(x_t, s))
+        x_next = x + (sigma_s - sigma_t) * (0.5 * d + 0.5 * d_next)
+    return _alpha_bar(schedule, s) ** 0.5 * x_next, x0
+
+
+@torch.no_grad()
+def heun_sample(
+    denoise: Denoiser,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[int] | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """EDM's deterministic sampler (Karras et al. 2022, Algorithm 1): Heun's method on the probability-flow
+    ODE dx/dσ = (x − D(x; σ)) / σ of x = x_t / √ᾱ_t, whose noise level at step t is σ_t = √((1 − ᾱ_t) / ᾱ_t).
+
+    It steps between the σ of the visited steps and from the last to σ = 0, so the network only sees the
+    steps it was trained at. Its Euler step is DDIM's; each step but the last (an Euler step into σ = 0)
+    evaluates the network twice: 2n − 1 evaluations on n steps (:func:`network_evaluations`).
+    Deterministic: ``generator`` is unused.
+    """
+    timesteps = _checked(schedule, timesteps)
+    x = x_T
+    for i, t in enumerate(timesteps):
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x, x0 = _heun_step(denoise, x, t, s, schedule)
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def _step_near_sigma(schedule: Schedule, t: int, sigma: float) -> int:
+    """The step whose σ is nearest ``sigma``, and not below t: where Algorithm 2's raised noise level t̂
+    lands on the steps the network was trained at."""
+    ab = schedule.alpha_bar
+    sigmas = ((1 - ab) / ab).sqrt()  # ∞ where ᾱ = 0
+    return max(int((sigmas - sigma).abs().argmin()), t)
+
+
+@torch.no_grad()
+def heun_churn_sample(
+    denoise: Denoiser,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[int] | None = None,
+    *,
+    s_churn: float = 30.0,
+    s_tmin: float = 0.01,
+    s_tmax: float = 1.0,
+    s_noise: float = 1.007,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2): before each Heun step, noise raises σ_i by
+    the factor 1 + γ_i, γ_i = min(S_churn / n, √2 − 1) on n steps when S_tmin ≤ σ_i ≤ S_tmax (else 0), with
+    noise of standard deviation S_noise. The defaults are the paper's for CIFAR-10 (Table 5).
+
+    On our discrete steps the raised level t̂ is the step whose σ is nearest (1 + γ_i) σ_i, so that the
+    network is evaluated where it was trained; noise is drawn only when t̂ is above t_i. With S_churn = 0
+    this is :func:`heun_sample`, with no draw. Evaluations as Heun's: 2n − 1.
+    """
+    if s_churn < 0 or s_noise <= 0 or not 0 <= s_tmin <= s_tmax:
+        raise ValueError(
+            f"need s_churn ≥ 0, s_noise > 0 and 0 ≤ s_tmin ≤ s_tmax, got s_churn={s_churn!r}, "
+            f"s_noise={s_noise!r}, s_tmin={s_tmin!r}, s_tmax={s_tmax!r}"
+        )
+    timesteps = _checked(schedule, timesteps)
+    x = x_T
+    for i, t in enumerate(timesteps):
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        sigma = _sigma(schedule, t)
+        gamma = min(s_churn / len(timesteps), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0  # line 4
+        t_hat = _step_near_sigma(schedule, t, (1 + gamma) * sigma)
+        if t_hat > t:  # lines 5–6: x̂ = x + √(σ̂² − σ²) ε, ε ~ N(0, S_noise² I), in EDM's variables
+            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_ve = x / _alpha_bar(schedule, t) ** 0.5
+            x_ve = x_ve + (_sigma(schedule, t_hat) ** 2 - sigma**2) ** 0.5 * s_noise * z
+            x = _alpha_bar(schedule, t_hat) ** 0.5 * x_ve
+        x, x0 = _heun_step(denoise, x, t_hat, s, schedule)  # lines 7–11: Heun's step from σ̂ to σ_{i+1}
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def _unipc_rho(r: list[float], h: float) -> list[float]:
+    """UniPC's weights ρ for data prediction with B(h) = e^(−h) − 1 ("bh2"; Zhao et al. 2023, sec. 3): the
+    solution of Σ_k ρ_k r_k^(i−1) = i! (−h) φ_{i+1}(−h) / B(h), i = 1 … K, where φ_1(z) = (e^z − 1) / z and
+    φ_{i+1}(z) = (φ_i(z) − 1/i!) / z. For one point ρ = ½, as the paper takes for UniP-2 and UniC-1."""
+    if len(r) == 1:
+        return [0.5]
+    z = -h
+    phi = math.expm1(z) / z  # φ_1
+    b = []
+    for i in range(1, len(r) + 1):
+        phi = (phi - 1 / math.factorial(i)) / z  # φ_{i+1}
+        b.append(math.factorial(i) * z * phi / math.expm1(z))
+    R = torch.tensor([[rk ** (i - 1) for rk in r] for i in range(1, len(r) + 1)], dtype=torch.float64)
+    return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+
+
+def _unipc_update(
+    x: torch.Tensor,
+    t: int,
+    s: int,
+    schedule: Schedule,
+    m0: torch.Tensor,
+    earlier: list[tuple[float, torch.Tensor]],
+    m_s: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """UniPC's update of data prediction from step t to step s (Zhao et al. 2023, sec. 3), with h = λ_s − λ_t:
+
+        x_s = (σ_s / σ_t) x − α_s (e^(−h) − 1) m0 − α_s B(h) Σ_k ρ_k D_k,   D_k = (m_k − m0) / r_k,
+
+    m0 = x̂_0 at t and ``earlier`` points (λ_k, m_k), r_k = (λ_k − λ_t) / h: the predictor UniP. Given m_s,
+    the x̂_0 at the predicted x_s, the point (r = 1, m_s) joins them: the corrector UniC. The first-order
+    part is DPM-Solver++'s step; B(h) = e^(−h) − 1."""
+    lam_t, lam_s = _lambda(schedule, t), _lambda(schedule, s)
+    h = lam_s - lam_t
+    points = [((lam_k - lam_t) / h, m_k) for lam_k, m_k in earlier]
+    if m_s is not None:
+        points.append((1.0, m_s))
+    ab_t, ab_s = _alpha_bar(schedule, t), _alpha_bar(schedule, s)
+    x_s = ((1 - ab_s) / (1 - ab_t)) ** 0.5 * x - ab_s**0.5 * math.expm1(-h) * m0  # first order
+    if points:
+        rho = _unipc_rho([r for r, _ in points], h)
+        correction = sum(rho_k * (m_k - m0) / r_k for rho_k, (r_k, m_k) in zip(rho, points))
+        x_s = x_s - ab_s**0.5 * math.expm1(-h) * correction
+    return x_s
+
+
+@torch.no_grad()
+def unipc_sample(
+    denoise: Denoiser,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    timesteps: Sequence[int] | None = None,
+    *,
+    order: int = 2,
+    generator: torch.Generator | None = None,
+    callback: Callable | None = None,
+) -> torch.Tensor:
+    """UniPC (Zhao et al. 2023, arXiv 2302.04867): a multistep predictor UniP-p and corrector UniC-p of the
+    probability-flow ODE in data prediction, B(h) = e^(−h) − 1 ("bh2"). Once the network has seen the
+    predicted x_t, UniC redoes the step that led there with that x̂_0 as one more point, which raises the
+    order by one at no extra evaluation; the next step starts from the corrected x_t.
+
+    One network evaluation a step. The order is lowered on the first steps (the points there are) and the
+    last (at most the steps left), so the last step, into σ = 0, returns x̂_0 (:func:`_unipc_update`).
+    ``order`` 2 with UniC is third order. Deterministic: ``generator`` is unused.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    timesteps = _checked(schedule, timesteps)
+    x = x_T
+    earlier: list[tuple[float, torch.Tensor]] = []  # (λ, x̂_0) of the steps before, the latest last
+    last = None  # the latest predictor step: its start x, its step, its x̂_0 and its earlier points
+    for i, t in enumerate(timesteps):
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        x0, _ = denoise(x, _at(x, t))
+        if last is not None:  # UniC: the step into t again, with the new x̂_0
+            x = _unipc_update(*last[:2], t, schedule, *last[2:], m_s=x0)
+        usable = [p for p in earlier if math.isfinite(p[0])]  # λ = −∞ (zero terminal SNR) gives no slope
+        p = min(order, 1 + len(usable), len(timesteps) - i)
+        points = usable[len(usable) - (p - 1) :][::-1]  # the p − 1 latest, the nearest first
+        last = (x, t, x0, points)
+        x = _unipc_update(x, t, s, schedule, x0, points)  # UniP-p
+        earlier.append((_lambda(schedule, t), x0))
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
 SAMPLERS = {
     "ddpm": ddpm_sample,
     "ddim": ddim_sample,
     "dpmpp2m": dpmpp_2m_sample,
     "dpmpp2m-sde": dpmpp_2m_sde_sample,
+    "heun": heun_sample,
+    "heun-churn": heun_churn_sample,
+    "unipc": unipc_sample,
 }
+
+
+# Heun's method evaluates the network twice a step, but once on the last (an Euler step into σ = 0).
+TWO_EVALUATIONS_A_STEP = ("heun", "heun-churn")
+
+
+def network_evaluations(name: str, steps: int) -> int:
+    """How many times sampler ``name`` evaluates the network on ``steps`` steps (at most: from σ = ∞, under
+    zero terminal SNR, Heun's first step is an Euler step)."""
+    return 2 * steps - 1 if name in TWO_EVALUATIONS_A_STEP else steps
+
+
+def steps_within(name: str, evaluations: int) -> int:
+    """The most steps sampler ``name`` takes in ``evaluations`` network evaluations (at least one step).
+    ``--steps K`` counts evaluations, so that samplers compare at equal cost (Heun: K − 1 when K is even)."""
+    return max(1, (evaluations + 1) // 2) if name in TWO_EVALUATIONS_A_STEP else evaluations
+
+
+# The sampler and spacing of a run whose config says "auto" (new runs' default), by the number of network
+# evaluations: the first row whose bound (None: any) is at least the count. PROVISIONAL, not measured: it
+# keeps the behaviour from before the table (DDPM, uniform) at every count, until `ddpm sweep RUN --samplers
+# … --spacings uniform,trailing,logsnr` (README, "Samplers and guidance") measures a trained run for it.
+AUTO: tuple[tuple[int | None, str, str], ...] = ((None, "ddpm", "uniform"),)
+
+
+def auto_sampling(evaluations: int) -> tuple[str, str]:
+    """The (sampler, spacing) that :data:`AUTO` gives for ``evaluations`` network evaluations a sample."""
+    return next((sampler, spacing) for most, sampler, spacing in AUTO if most is None or evaluations <= most)
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
