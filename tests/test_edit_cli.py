@@ -184,3 +184,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(cond_run, p
     argv = ["invert", cond_run, "--image", folder / "digit.png", "--out", "/sys/z.npy"]
     assert "cannot write in /sys" in refused(capsys, argv)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_editing_benchmark_runs_on_a_tiny_run(cond_run, tmp_path, mnist_lenet):
+    """benchmarks/editing.py end to end at N = 4 with a few steps: every section reports, in one JSON."""
+    import importlib.util
+
+    from tests.notebook_runner import ROOT
+
+    spec = importlib.util.spec_from_file_location("editing_benchmark", ROOT / "benchmarks" / "editing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "report.json"
+    small = ["--n", "4", "--nll-n", "2", "--steps", "3", "--jump-length", "2", "--resample", "2"]
+    small += ["--sdedit-steps", "3", "--strengths", "0.5", "--inversion-steps", "3", "--batch-size", "2"]
+    assert bench.main(["--run", str(cond_run), *small, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["inpainting"]) == {"repaint", "replacement"}
+    assert 0 <= report["inpainting"]["repaint"]["label_agreement"] <= 1
+    assert [r["strength"] for r in report["sdedit"]] == [0.5] and report["inversion"][0]["steps"] == 3
+    assert report["likelihood"]["nll_bits_per_dim"] > 0 and report["likelihood"]["vlb_bits_per_dim"] > 0
