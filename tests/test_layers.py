@@ -26,14 +26,26 @@ def test_config_is_a_leaf():
     assert loaded_after("ddpm.config") == {"ddpm", "ddpm.config", "ddpm.fileio"}
 
 
-@pytest.mark.parametrize("module", ["ddpm.diffusion", "ddpm.samplers", "ddpm.data", "ddpm.engine.trainer"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "ddpm.diffusion",
+        "ddpm.samplers",
+        "ddpm.editing",
+        "ddpm.likelihood",
+        "ddpm.data",
+        "ddpm.engine.trainer",
+    ],
+)
 def test_math_data_and_engine_stay_apart(module):
     loaded = loaded_after(module)
     assert not {"ddpm.run", "ddpm.training", "ddpm.evaluate", "ddpm.cli"} & loaded
+    if module in ("ddpm.editing", "ddpm.likelihood"):  # math on tensors: no model, no engine, no metrics
+        assert not {"ddpm.models", "ddpm.engine", "ddpm.metrics", "ddpm.data"} & loaded
     if module.startswith("ddpm.engine") or module == "ddpm.data":  # handed a loss; know no diffusion
         assert not {"ddpm.diffusion", "ddpm.samplers", "ddpm.schedules", "ddpm.models"} & loaded
 
 
 def test_sampling_and_evaluation_never_load_the_training_loop():
-    loaded = loaded_after("ddpm.run", "ddpm.evaluate", "ddpm.cli")
+    loaded = loaded_after("ddpm.run", "ddpm.evaluate", "ddpm.edit", "ddpm.cli")
     assert "ddpm.engine.trainer" not in loaded and "ddpm.training" not in loaded

@@ -1,4 +1,4 @@
-"""The ``ddpm`` command line: a thin layer over :mod:`ddpm.run`.
+"""The ``ddpm`` command line: a thin layer over :mod:`ddpm.run`, :mod:`ddpm.edit` and :mod:`ddpm.evaluate`.
 
 Every refusal is one line on stderr and a non-zero exit, with nothing overwritten.
 """
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ddpm import plotting, run
 from ddpm.config import Config, ConfigError, apply_overrides
@@ -20,6 +21,7 @@ from ddpm.engine import checkpoint as ckpt
 from ddpm.engine import posthoc_ema
 from ddpm.engine.distributed import PeerFailed
 from ddpm.fileio import atomic_path, check_writable
+from ddpm.likelihood import ATOL, RTOL, TRACES
 from ddpm.metrics.inception import InceptionError
 from ddpm.presets import PRESETS, get_preset
 from ddpm.samplers import SAMPLERS, SPACINGS, get_sampler
@@ -86,20 +88,162 @@ def cmd_sample(args) -> int:
         callback=frames,
         guidance=args.guidance,
     ).cpu()
-    run.check_finite(x)
-    if out.suffix == ".npy":
-        with atomic_path(out) as tmp:
-            np.save(tmp, x.numpy())
-    elif image:
-        plotting.save_grid(out, x, nrow=math.ceil(math.sqrt(args.n)))
-    else:
-        plotting.save_scatter(out, x, title=f"{args.n} samples, step {loaded.step}")
+    write_samples(out, x, f"{args.n} samples, step {loaded.step}")
     if gif:
         if image:
             plotting.grid_gif(gif, frames.states)
         else:
             plotting.points_gif(gif, frames.states, [f"t = {t}" for t in frames.t])
     print(f"wrote {out}" + (f" and {gif}" if gif else "") + _posthoc_note(loaded.posthoc))
+    return 0
+
+
+def write_samples(out: Path, x: torch.Tensor, title: str = "", nrow: int | None = None) -> None:
+    """Write samples (or edits) after checking they are finite: ``.npy`` the array in the model's [−1, 1]
+    space, ``.png`` a grid of images (``nrow`` a row; square by default) or a scatter of 2-D points."""
+    x = run.check_finite(x.detach().float().cpu())
+    if out.suffix == ".npy":
+        with atomic_path(out) as tmp:
+            np.save(tmp, x.numpy())
+    elif x.ndim == 4:
+        plotting.save_grid(out, x, nrow=nrow or math.ceil(math.sqrt(len(x))))
+    else:
+        plotting.save_scatter(out, x, title=title)
+
+
+def _load_for_edit(args, command: str, **sampling):
+    """The run (EMA, or the weights asked for) with its sampling settings changed as asked; images only."""
+    from ddpm import edit
+
+    loaded = run.load_run(
+        Path(args.run), weights=args.weights, device=args.device, ema_sigma_rel=args.ema_sigma_rel
+    )
+    cfg = run.sampling_config(loaded.cfg, **sampling)
+    edit.check_image_run(cfg, command)
+    return loaded, cfg
+
+
+def cmd_inpaint(args) -> int:
+    from ddpm import edit
+
+    loaded, cfg = _load_for_edit(args, "inpaint", steps=args.steps, spacing=args.spacing)
+    run.check_labels(cfg, args.label, args.guidance)
+    out = Path(args.out)
+    _check_writable(out, (".png", ".npy"), "--out")
+    image = edit.read_image(Path(args.image), cfg)
+    keep = edit.read_mask(Path(args.mask), image)
+    x = edit.inpaint(
+        cfg, loaded.model, loaded.schedule, image, keep, n=args.n, seed=args.seed, label=args.label,
+        guidance=args.guidance, jump_length=args.jump_length, jump_n_sample=args.resample,
+    )  # fmt: skip
+    write_samples(out, x)
+    print(f"wrote {out}: {args.n} completion{'s' * (args.n > 1)}{_posthoc_note(loaded.posthoc)}")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from ddpm import edit
+    from ddpm.editing import sdedit_start
+
+    loaded, cfg = _load_for_edit(
+        args, "edit", sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta
+    )
+    run.check_labels(cfg, args.label, args.guidance)
+    try:
+        sdedit_start(loaded.schedule, args.strength)
+    except ValueError as e:
+        raise run.RunError(f"--strength {args.strength:g}: {e}") from None
+    out = Path(args.out)
+    _check_writable(out, (".png", ".npy"), "--out")
+    image = edit.read_image(Path(args.image), cfg)
+    x = edit.edit(
+        cfg, loaded.model, loaded.schedule, image, args.strength, n=args.n, seed=args.seed,
+        label=args.label, guidance=args.guidance,
+    )  # fmt: skip
+    write_samples(out, x)
+    print(f"wrote {out}: {args.n} edit{'s' * (args.n > 1)} at strength {args.strength:g}")
+    return 0
+
+
+def cmd_invert(args) -> int:
+    from ddpm import edit
+
+    loaded, cfg = _load_for_edit(args, "invert", steps=args.steps, spacing=args.spacing)
+    out = Path(args.out)
+    _check_writable(out, (".npy", ".png"), "--out")
+    recon = Path(args.reconstruct) if args.reconstruct else None
+    if recon:
+        _check_writable(recon, (".png", ".npy"), "--reconstruct")
+    images = edit.read_image(Path(args.image), cfg)
+    x_T = edit.invert(cfg, loaded.model, loaded.schedule, images, refine=args.refine)
+    rebuilt = edit.decode(cfg, loaded.model, loaded.schedule, x_T) if recon else None
+    write_samples(out, x_T)
+    if recon:
+        write_samples(recon, rebuilt)
+        error = (rebuilt.cpu() - images).abs().max().item()
+        print(f"wrote {out} and {recon} (largest reconstruction error {error:.3g})")
+    else:
+        steps = run.sample_steps(cfg)
+        print(f"wrote {out}: x_T of {len(images)} image{'s' * (len(images) > 1)}, {steps} DDIM steps")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from ddpm import edit
+    from ddpm.editing import slerp_path
+
+    loaded, cfg = _load_for_edit(args, "interpolate", steps=args.steps, spacing=args.spacing)
+    if args.frames < 2:
+        raise run.RunError(f"--frames {args.frames}: an interpolation needs at least 2")
+    out = Path(args.out)
+    _check_writable(out, (".png", ".npy"), "--out")
+    if args.images:
+        pair = torch.cat([edit._one(edit.read_image(Path(p), cfg), f"--images {p}") for p in args.images])
+        z = edit.invert(cfg, loaded.model, loaded.schedule, pair, refine=args.refine).cpu()
+    else:
+        z = torch.cat([edit.seed_noise(cfg, seed) for seed in args.seeds])
+    frames = edit.decode(cfg, loaded.model, loaded.schedule, slerp_path(z[:1], z[1:], args.frames))
+    write_samples(out, frames, nrow=args.frames)
+    print(f"wrote {out}: {args.frames} frames")
+    return 0
+
+
+NLL_ROWS = (
+    ("nll_bits_per_dim", "NLL, ODE (bits/dim)"),
+    ("vlb_bits_per_dim", "variational bound (bits/dim)"),
+    ("vlb_prior", "  its prior term L_T"),
+    ("vlb_decoder", "  its decoder term L_0"),
+    ("data", "data"),
+    ("n", "n"),
+    ("trace", "trace estimator"),
+    ("ode_seconds", "ODE seconds"),
+    ("vlb_seconds", "bound seconds"),
+    ("path", "report"),
+)
+
+
+def cmd_nll(args) -> int:
+    from ddpm.evaluate import likelihood_run
+
+    report = likelihood_run(
+        Path(args.run), n=args.n, batch_size=args.batch_size, seed=args.seed, trace=args.trace,
+        rtol=args.rtol, atol=args.atol, vlb=not args.no_vlb, device=args.device,
+        ema_sigma_rel=args.ema_sigma_rel,
+    )  # fmt: skip
+    for key, label in NLL_ROWS:
+        value = report.get(key)
+        if value is None:
+            continue
+        se = report.get(f"{key}_se")
+        shown = (
+            f"{value:.4f} ± {se:.4f} (standard error)"
+            if se is not None
+            else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        )
+        print(f"{label:>29}: {shown}")
+    print(f"{'ODE evaluations a batch':>29}: {', '.join(map(str, report['ode_nfe']))}")
+    if args.json:
+        print(json.dumps(report))
     return 0
 
 
@@ -375,6 +519,35 @@ def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's"
     p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
 
 
+def _weights_flags(p: argparse.ArgumentParser) -> None:
+    """--weights, --ema-sigma-rel and --device, as ddpm sample has them."""
+    p.add_argument(
+        "--weights", choices=("ema", "model"), default="ema", help="the EMA (default) or the raw weights"
+    )
+    _ema_flag(p)
+    p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
+
+
+def _edit_flags(p: argparse.ArgumentParser, out_help: str, n: bool = True) -> None:
+    """The run, --image, --out, (--n, --seed), and the weights' flags, shared by the editing commands."""
+    p.add_argument("run", help="the run folder (of images)")
+    p.add_argument("--image", required=True, help="a .png of the run's size and channels, or a .npy array")
+    p.add_argument("--out", required=True, help=out_help)
+    if n:
+        p.add_argument("--n", type=int, default=4, help="how many results from the one image (default 4)")
+        p.add_argument("--seed", type=int, default=0, help="the noise's seed (default 0)")
+    _weights_flags(p)
+
+
+def _ddim_flags(p: argparse.ArgumentParser) -> None:
+    """--steps, --spacing and --refine of DDIM inversion and decoding."""
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the run's sampling steps)")
+    p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
+    p.add_argument(
+        "--refine", type=int, default=0, help="fixed-point iterations a step, towards the exact inverse (0)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ddpm", description="Denoising diffusion probabilistic models from first principles."
@@ -425,6 +598,59 @@ def build_parser() -> argparse.ArgumentParser:
     _ema_flag(p)
     p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("inpaint", help="fill the masked part of an image (RePaint)")
+    _edit_flags(p, "the completions: a .png grid or a .npy array")
+    p.add_argument("--mask", required=True, help="a PNG of the image's size: white keeps, black is filled")
+    p.add_argument("--steps", type=int, help="reverse steps (default: the run's)")
+    p.add_argument("--spacing", choices=SPACINGS, help="which steps when fewer than T (default: uniform)")
+    p.add_argument("--jump-length", type=int, default=10, help="levels jumped back when resampling (10)")
+    p.add_argument("--resample", type=int, default=10, help="walks down each stretch (10; 1: no resampling)")
+    p.add_argument("--label", type=int, help="the class to complete towards (conditional models)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
+    p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("edit", help="SDEdit: noise an image part of the way and denoise it")
+    _edit_flags(p, "the edits: a .png grid or a .npy array")
+    p.add_argument(
+        "--strength", type=float, required=True, help="in [0, 1]: how far to noise (0: the image itself)"
+    )
+    p.add_argument("--label", type=int, help="the class to edit towards (conditional models)")
+    _sampling_flags(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("invert", help="DDIM inversion: the noise whose deterministic sample is the image")
+    _edit_flags(p, "the noise x_T: a .npy array (or a .png picture of it)", n=False)
+    p.add_argument("--reconstruct", help="also write the image decoded back from the noise (.png or .npy)")
+    _ddim_flags(p)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("interpolate", help="slerp between the noises of two images (inverted) or two seeds")
+    p.add_argument("run", help="the run folder")
+    pair = p.add_mutually_exclusive_group(required=True)
+    pair.add_argument("--images", nargs=2, metavar="IMG", help="two images (.png or .npy), inverted first")
+    pair.add_argument("--seeds", nargs=2, type=int, metavar="S", help="two noise seeds")
+    p.add_argument("--out", required=True, help="the frames: a .png strip or a .npy array")
+    p.add_argument("--frames", type=int, default=8, help="images from one end to the other (default 8)")
+    _ddim_flags(p)
+    _weights_flags(p)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("nll", help="negative log-likelihood in bits/dim: probability-flow ODE and the bound")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--n", type=int, default=100, help="held-out data points (default 100)")
+    p.add_argument("--batch-size", type=int, default=50, help="points a batch (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dequantisation and the trace probes")
+    p.add_argument(
+        "--trace", choices=TRACES, default="rademacher", help="divergence: Hutchinson probe or exact (2-D)"
+    )
+    p.add_argument("--rtol", type=float, default=RTOL, help=f"RK45's relative tolerance (default {RTOL:g})")
+    p.add_argument("--atol", type=float, default=ATOL, help=f"RK45's absolute tolerance (default {ATOL:g})")
+    p.add_argument("--no-vlb", action="store_true", help="skip the variational bound (T network calls)")
+    _ema_flag(p)
+    p.add_argument("--device", help="default: the run's (auto: CUDA when available)")
+    p.add_argument("--json", action="store_true", help="end with the report as one JSON line")
+    p.set_defaults(func=cmd_nll)
 
     p = sub.add_parser("data", help="manage data sets")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -495,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for flag in ("n", "batch_size", "full_n"):
+    for flag in ("n", "batch_size", "full_n", "jump_length", "resample"):
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"ddpm: error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

@@ -1,4 +1,5 @@
-"""``ddpm eval``: sample a trained run with its EMA weights and measure the samples.
+"""``ddpm eval``: sample a trained run with its EMA weights and measure the samples; ``ddpm nll``: its
+likelihood of held-out data, by the probability-flow ODE and by the variational bound.
 
 The report holds the Fréchet LeNet Distance of N samples against the test set with its two references at
 the same N (real training images: the floor; uniform noise), the predicted-class histogram and its entropy,
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm import plotting
+from ddpm import likelihood, plotting
 from ddpm.data import IMAGE_SETS
 from ddpm.data import images as image_data
 from ddpm.fileio import atomic_path, atomic_write_text
@@ -33,12 +34,15 @@ from ddpm.metrics.fld import (
 )
 from ddpm.metrics.frechet import frechet_distance, gaussian_statistics
 from ddpm.metrics.lenet import LeNetResult, data_checksum, lenet_features, lenet_predict, load_lenet
+from ddpm.progress import progress_bar
+from ddpm.registry import check_name
 from ddpm.run import (
     SAMPLER_OPTIONS,
     RunError,
     check_finite,
     check_labels,
     evaluations,
+    is_image,
     load_run,
     sample,
     sample_steps,
@@ -364,3 +368,115 @@ def sweep_run(
     plotting.fld_vs_nfe(out / "sweep.png", rows, title=f"{run_dir.name}: FLD against network evaluations")
     result["path"] = str(out / "sweep.json")
     return result
+
+
+# --- Likelihood: ``ddpm nll`` -----------------------------------------------------------------------------
+
+
+def likelihood_data(cfg, n: int) -> tuple[torch.Tensor, str]:
+    """The ``n`` data points a likelihood is measured on, and what they are: the first ``n`` test images of
+    an image set, ``n`` fresh points of a 2-D set (another seed than training's, as its end-of-training
+    bound uses), or the first ``n`` images of an image folder (which has no test split)."""
+    import dataclasses
+
+    from ddpm.data import load_dataset
+
+    if cfg.data.name in IMAGE_SETS:
+        x, what = load_dataset(cfg.data, split="test", progress=False).x, f"{cfg.data.name} test images"
+    elif not is_image(cfg):
+        held_out = dataclasses.replace(cfg.data, n_samples=n, data_seed=cfg.seed + 3)
+        x, what = load_dataset(held_out).x, f"held-out {cfg.data.name} points"
+    else:
+        x, what = load_dataset(cfg.data, progress=False).x, "training images (the folder has no test split)"
+    if n > len(x):
+        raise RunError(f"--n {n}: there are {len(x)} {what}")
+    return x[:n], what
+
+
+def likelihood_run(
+    run_dir: Path,
+    *,
+    n: int = 100,
+    batch_size: int = 50,
+    seed: int = 0,
+    trace: str = "rademacher",
+    rtol: float = likelihood.RTOL,
+    atol: float = likelihood.ATOL,
+    vlb: bool = True,
+    device: str | None = None,
+    ema_sigma_rel: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Negative log-likelihood of the run's EMA model in bits per dimension on ``n`` held-out data: by the
+    probability-flow ODE (:func:`ddpm.likelihood.ode_log_likelihood`, images dequantised) and by the
+    variational bound (:func:`ddpm.diffusion.bits_per_dim`, T network calls a batch), each with its
+    standard error over the data (which includes the trace estimator's noise) and its seconds.
+    Writes ``RUN/eval/nll-n<N>-s<seed>.json``; returns the report."""
+    from ddpm.diffusion import bits_per_dim
+
+    run_dir = Path(run_dir)
+    if batch_size < 1:
+        raise RunError(f"--batch-size {batch_size}: must be at least 1")
+    loaded = load_run(run_dir, device=device, ema_sigma_rel=ema_sigma_rel)
+    cfg, model, schedule = loaded.cfg, loaded.model, loaded.schedule
+    check_name("trace estimator", trace, likelihood.TRACES)
+    likelihood.ContinuousVP.from_schedule(schedule)  # a schedule the ODE cannot take is refused first
+    data, what = likelihood_data(cfg, n)
+    dev = next(model.parameters()).device
+    image = is_image(cfg)
+    bins, dims = (256 if image else None), data[0].numel()
+    generator = torch.Generator(dev).manual_seed(seed)
+    model_fn = lambda x, t: model(x, t, None)  # noqa: E731  (conditional models: the "no label" index)
+    report = {"run": str(run_dir), "checkpoint_step": loaded.step, "data": what, "n": n, "seed": seed}
+
+    nll, nfe, t0 = [], [], time.perf_counter()
+    bar = progress_bar(total=n, desc="ODE likelihood", unit="img", disable=not progress, delay=2)
+    for start in range(0, n, batch_size):
+        x = data[start : start + batch_size].to(dev)
+        y = likelihood.dequantize(x, generator) if image else x
+        reached = [1 / schedule.T, len(x)]
+
+        def advance(t, reached=reached):  # RK45 tries times out of order: count the furthest
+            if t > reached[0]:
+                bar.update(reached[1] * (t - reached[0]) / (1 - 1 / schedule.T))
+                reached[0] = t
+
+        result = likelihood.ode_log_likelihood(
+            model_fn, y, schedule, cfg.diffusion.prediction, trace=trace, rtol=rtol, atol=atol,
+            generator=generator, callback=advance,
+        )  # fmt: skip
+        nll.append(likelihood.nll_bits_per_dim(result["log_likelihood"], dims, bins))
+        nfe.append(result["nfe"])
+    bar.close()
+    report.update(_mean_se("nll_bits_per_dim", torch.cat(nll)))
+    report.update(ode_nfe=nfe, ode_seconds=time.perf_counter() - t0, trace=trace, rtol=rtol, atol=atol)
+
+    if vlb:
+        terms, t0 = [], time.perf_counter()
+        bar = progress_bar(total=n, desc="variational bound", unit="img", disable=not progress, delay=2)
+        for start in range(0, n, batch_size):
+            x = data[start : start + batch_size].to(dev)
+            bound = bits_per_dim(
+                model_fn, x, schedule, cfg.diffusion.prediction, cfg.diffusion.variance, discrete=image,
+                generator=generator,
+            )  # fmt: skip
+            terms.append(torch.stack([bound["total"], bound["prior"], bound["decoder"]], 1).cpu())
+            bar.update(len(x))
+        bar.close()
+        terms = torch.cat(terms)
+        report.update(_mean_se("vlb_bits_per_dim", terms[:, 0]))
+        report.update(vlb_prior=terms[:, 1].mean().item(), vlb_decoder=terms[:, 2].mean().item())
+        report.update(vlb_seconds=time.perf_counter() - t0)
+    out = run_dir / EVAL_DIR
+    out.mkdir(exist_ok=True)
+    path = out / f"nll-n{n}-s{seed}.json"
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    report["path"] = str(path)
+    return report
+
+
+def _mean_se(name: str, values: torch.Tensor) -> dict:
+    """The mean of per-sample ``values`` and its standard error (std / √n; None for one sample)."""
+    n = len(values)
+    se = values.double().std().item() / math.sqrt(n) if n > 1 else None
+    return {name: values.double().mean().item(), f"{name}_se": se}

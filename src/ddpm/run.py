@@ -28,6 +28,7 @@ from ddpm.registry import check_name
 from ddpm.samplers import (
     SAMPLERS,
     SPACINGS,
+    Denoiser,
     auto_sampling,
     classifier_free_guidance,
     get_sampler,
@@ -290,6 +291,19 @@ class ReverseFrames:
             self.guesses.append(x0[: self.keep].cpu().clone())
 
 
+def run_denoiser(
+    cfg: Config, model: nn.Module, schedule: Schedule, y: torch.Tensor | None = None, guidance=None
+) -> Denoiser:
+    """The run's network as the samplers' ``denoise(x_t, t) -> (x̂_0, ε̂)``: its prediction and clipping,
+    conditioned on labels ``y`` (conditional models; None: no label), guided by weight ``guidance``
+    (classifier-free guidance; 0 or None: none). Check labels and guidance first (:func:`check_labels`)."""
+    if guidance:
+        model_fn = classifier_free_guidance(model, y, cfg.model.num_classes, guidance)
+    else:
+        model_fn = lambda x, t: model(x, t, y)  # noqa: E731
+    return make_denoiser(model_fn, schedule, cfg.diffusion.prediction, cfg.diffusion.clip_x0)
+
+
 @torch.no_grad()
 def sample(
     cfg: Config,
@@ -335,11 +349,7 @@ def sample(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = None if labels is None else labels[start : start + b]
-        if guidance:
-            model_fn = classifier_free_guidance(model, y, cfg.model.num_classes, guidance)
-        else:
-            model_fn = lambda x, t, y=y: model(x, t, y)  # noqa: E731
-        denoise = make_denoiser(model_fn, schedule, cfg.diffusion.prediction, cfg.diffusion.clip_x0)
+        denoise = run_denoiser(cfg, model, schedule, y, guidance)
 
         def step_callback(i, t, x, x0, first=start == 0, b=b):
             bar.update(b)

@@ -202,17 +202,31 @@ def ddpm_sample(
     sigma = p_variance(spaced, variance).sqrt()
     x = x_T
     for i, t in enumerate(timesteps):
-        j = torch.full((x.shape[0],), len(timesteps) - 1 - i, device=x.device, dtype=torch.long)
-        x0, _ = denoise(x, torch.full_like(j, t))
-        mean, _, _ = q_posterior_mean_variance(x0, x, j, spaced)  # μ̃(x_t, x̂_0), eq. 7
-        if i + 1 == len(timesteps):
-            x = mean  # no noise on the last step
-        else:  # Alg. 2, line 4
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = mean + extract(sigma, j, x) * z
+        x, x0 = ancestral_step(denoise, x, t, len(timesteps) - 1 - i, spaced, sigma, generator)
         if callback is not None:
             callback(i, t, x, x0)
     return x
+
+
+def ancestral_step(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    t: int,
+    j: int,
+    spaced: Schedule,
+    sigma: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of Algorithm 2 (Ho et al. 2020) from step index ``t``, which is index ``j`` of the respaced
+    schedule ``spaced``: x_s = μ̃(x_t, x̂_0) + σ z (eq. 7), with no noise on the last step (j = 0).
+    ``sigma`` holds σ of every respaced step (:func:`p_variance`). Returns (x_s, x̂_0)."""
+    jj = torch.full((x.shape[0],), j, device=x.device, dtype=torch.long)
+    x0, _ = denoise(x, torch.full_like(jj, t))
+    mean, _, _ = q_posterior_mean_variance(x0, x, jj, spaced)  # μ̃(x_t, x̂_0), eq. 7
+    if j == 0:
+        return mean, x0
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)  # Alg. 2, line 4
+    return mean + extract(sigma, jj, x) * z, x0
 
 
 @torch.no_grad()

@@ -113,6 +113,16 @@ def _images_in(folder: Path, extensions: tuple[str, ...], recursive: bool) -> li
 
 def _load_image(file: Path, size: int, mode: str) -> np.ndarray:
     """Decode, orient, flatten transparency, convert, center-crop and resize one image."""
+    fitted = ImageOps.fit(decode_image(file, mode), (size, size), method=Image.Resampling.LANCZOS)
+    return np.asarray(fitted, dtype=np.uint8)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def decode_image(file: Path, mode: str | None = None) -> Image.Image:
+    """Decode, orient and flatten transparency onto white; convert to ``mode`` ("L" or "RGB"), or, when
+    None, to "L" for grey images and "RGB" for the others (a palette image counts as colour)."""
     try:
         with warnings.catch_warnings():
             # Our limit (MAX_PIXELS) decides, in one line; Pillow's warning below it would only be noise.
@@ -120,16 +130,15 @@ def _load_image(file: Path, size: int, mode: str) -> np.ndarray:
             with Image.open(file) as image:
                 _check_pixels(file, image.size)
                 image.load()
+                mode = mode or ("L" if image.mode in GREY_MODES else "RGB")
                 image = ImageOps.exif_transpose(image)
-                image = _on_white(image).convert(mode)
+                return _on_white(image).convert(mode)
     except FolderError:
         raise
     except Image.DecompressionBombError as exc:
         raise FolderError(f"{file}: refused as a possible decompression bomb ({exc})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for broken/unknown files
         raise FolderError(f"{file}: not a readable image ({' '.join(str(exc).split())})") from exc
-    fitted = ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
-    return np.asarray(fitted, dtype=np.uint8)
 
 
 def _check_pixels(file: Path, dims: tuple[int, int]) -> None:
