@@ -36,20 +36,18 @@
 # `--sample-steps` reverse steps (default 50), `--n` test digits.
 
 # %%
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import ROOT, mnist_setup, open_run, train_run, wrote
+from _common import ROOT, mnist_setup, open_run, pretrained_flags, trained_run, wrote
 
 # The model source: a trained run folder. It will point at the pretrained run once that exists.
 MODEL = ROOT / "pretrained" / "mnist-unet"
 
 
 def flags(parser):
-    parser.add_argument("--run", type=Path, help=f"a trained MNIST run (default: {MODEL}, if present)")
-    parser.add_argument("--train", action="store_true", help="train a short run even if MODEL exists")
+    pretrained_flags(parser, MODEL)
     parser.add_argument("--n", type=int, default=6, help="test digits to edit (at least 2)")
     parser.add_argument("--resample", type=int, default=10, help="RePaint: walks down each stretch")
     parser.add_argument("--jump-length", type=int, default=10, help="RePaint: levels jumped back")
@@ -70,13 +68,7 @@ from ddpm.run import sampling_config  # noqa: E402
 # ## The model
 
 # %%
-if args.run:
-    run_dir = args.run
-elif MODEL.is_dir() and not args.train:
-    run_dir = MODEL
-else:
-    run_dir = train_run(cfg, out, args.restart)
-run, device, test = open_run(run_dir)
+run, device, test = open_run(trained_run(args, cfg, out, MODEL))
 run.cfg = sampling_config(run.cfg, steps=args.sample_steps)
 digits = test[: args.n].to(device)
 model, schedule = run.model, run.schedule

@@ -40,19 +40,17 @@
 # %%
 import math
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from _common import ROOT, mnist_setup, open_run, train_run, wrote
+from _common import ROOT, mnist_setup, open_run, pretrained_flags, trained_run, wrote
 
 # The model source: a trained run folder. It will point at the pretrained run once that exists.
 MODEL = ROOT / "pretrained" / "mnist-unet"
 
 
 def flags(parser):
-    parser.add_argument("--run", type=Path, help=f"a trained MNIST run (default: {MODEL}, if present)")
-    parser.add_argument("--train", action="store_true", help="train a short run even if MODEL exists")
+    pretrained_flags(parser, MODEL)
     parser.add_argument("--n", type=int, default=16, help="test digits to measure")
 
 
@@ -67,13 +65,7 @@ from ddpm.likelihood import dequantize, nll_bits_per_dim, ode_log_likelihood  # 
 # ## The model
 
 # %%
-if args.run:
-    run_dir = args.run
-elif MODEL.is_dir() and not args.train:
-    run_dir = MODEL
-else:
-    run_dir = train_run(cfg, out, args.restart)
-run, device, test = open_run(run_dir)
+run, device, test = open_run(trained_run(args, cfg, out, MODEL))
 x = test[: args.n].to(device)
 d = run.cfg.diffusion
 model_fn = lambda x, t: run.model(x, t, None)  # noqa: E731

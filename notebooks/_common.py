@@ -118,6 +118,21 @@ def train_run(cfg, out: Path, restart: bool) -> Path:
     return run_dir
 
 
+def pretrained_flags(parser: argparse.ArgumentParser, model: Path) -> None:
+    """--run and --train: which trained model a Part 4 notebook uses (``model`` by default, if present)."""
+    parser.add_argument("--run", type=Path, help=f"a trained MNIST run (default: {model}, if present)")
+    parser.add_argument("--train", action="store_true", help="train a short run even if the default exists")
+
+
+def trained_run(args, cfg, out: Path, model: Path) -> Path:
+    """The run a notebook works on: --run, else ``model`` if present (and no --train), else a short one."""
+    if args.run:
+        return args.run
+    if model.is_dir() and not args.train:
+        return model
+    return train_run(cfg, out, args.restart)
+
+
 def open_run(run_dir: Path):
     """Load the trained run and print its size; returns (run, its model's device, the test images)."""
     from ddpm.data import load_dataset
