@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 RUNS ?= runs
 
-.PHONY: install demo demo-spiral demo-mnist test lint clean
+.PHONY: install demo demo-spiral demo-mnist demo-pretrained test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-demo: demo-spiral demo-mnist
+demo: demo-spiral demo-mnist demo-pretrained
 
 demo-spiral: install
 	$(BIN)/ddpm train spiral --out $(RUNS)/spiral --restart
@@ -30,6 +30,16 @@ demo-mnist: install
 	$(BIN)/ddpm train mnist-time --out $(RUNS)/mnist --restart --max-steps 2000 --max-minutes $(DEMO_MINUTES)
 	$(BIN)/ddpm sample $(RUNS)/mnist --n 64 --out $(RUNS)/mnist/grid.png --gif $(RUNS)/mnist/reverse.gif
 	@echo "pictures: $(RUNS)/mnist/grid.png, reverse.gif, loss.png; throughput: $(RUNS)/mnist/metrics.json"
+
+# Draws from the models in pretrained/ (pretrained/README.md), when the clone has them: no training.
+PRETRAINED ?= pretrained
+demo-pretrained: install
+	@if [ ! -d $(PRETRAINED)/mnist-unet ]; then echo "no pretrained models in $(PRETRAINED)/ yet: nothing to draw"; exit 0; fi; \
+	set -e; mkdir -p $(RUNS)/pretrained; \
+	$(BIN)/ddpm sample $(PRETRAINED)/mnist-unet --n 64 --out $(RUNS)/pretrained/mnist-unet.png; \
+	if [ -d $(PRETRAINED)/mnist-cond ]; then \
+		$(BIN)/ddpm sample $(PRETRAINED)/mnist-cond --n 80 --label all --out $(RUNS)/pretrained/mnist-cond.png; fi; \
+	echo "pictures: $(RUNS)/pretrained/*.png (mnist-cond: a row per digit)"
 
 test: install
 	$(BIN)/ruff check .

@@ -2,6 +2,10 @@
 and the training a power law puts at the ratio target (issue 6: showing that the limit is compute).
 
     python benchmarks/curve.py --keys uncond_h900 uncond_h1800 uncond --target 3
+    python benchmarks/curve.py --recipe old=A1,A2,A3 --recipe new=B1,B2,B3 --target 3   # several, compared
+
+``--keys K1 K2 K3`` is one recipe named after its last key; ``--recipe NAME=K1,K2,K3`` (repeatable) names
+each. Every recipe is checked and fitted on its own:
 
 1. Reads ``quality.<key>`` for each key from ``benchmarks/results.json`` (written by ``quality.py``) and
    refuses runs that differ in anything but the horizon: the preset with its overrides, as a config
@@ -11,8 +15,9 @@ and the training a power law puts at the ratio target (issue 6: showing that the
    real training images) is what a perfect model would score at that N, so it is the excess over the
    floor that can shrink with training.
 3. Solves for the images at ``FLD = target × floor`` and converts them to epochs and to hours at the
-   training speed of the last key's run; merges ``learning_curve`` into ``benchmarks/results.json`` and
-   draws ``benchmarks/figures/learning_curve.png``.
+   training speed of the last key's run. ``benchmarks/results.json`` gets each fit under its name in
+   ``learning_curves``, and the first recipe's as ``learning_curve`` (as before there were several);
+   ``benchmarks/figures/learning_curve.png`` draws them all on the same axes.
 
 Three points and two parameters: the residuals say how well a power law describes them; the
 extrapolation is the law's, not a measurement.
@@ -73,35 +78,21 @@ def fit_power_law(images: np.ndarray, excess: np.ndarray) -> tuple[float, float]
     return math.exp(intercept), -slope
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--keys", nargs="+", required=True, help="quality.<key> entries, at least two horizons")
-    p.add_argument("--target", type=float, default=3.0, help="the FLD / floor ratio to extrapolate to")
-    p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--figure", type=Path, default=FIGURE)
-    args = p.parse_args(argv)
-
-    quality = json.loads(args.results.read_text()).get("quality", {})
-    missing = [k for k in args.keys if k not in quality]
-    if missing:
-        raise SystemExit(
-            f"no quality.{missing[0]} in {args.results}: run benchmarks/quality.py --key {missing[0]}"
-        )
-    if len(args.keys) < 2:
-        raise SystemExit("--keys: a curve needs at least two runs")
-    entries = {k: quality[k] for k in args.keys}
+def fit_recipe(keys: list[str], quality: dict, target: float, argv: list[str] | None) -> dict:
+    """One recipe's learning curve from its ``quality.<key>`` entries: checked, fitted and extrapolated."""
+    entries = {k: quality[k] for k in keys}
     check_same_recipe(entries)
-
     images = np.array([e["images_seen"] for e in entries.values()], dtype=float)
     if len(set(images)) < 2:
-        raise SystemExit("--keys: the runs saw the same number of images; a curve needs different horizons")
+        raise SystemExit(
+            f"{', '.join(keys)}: the runs saw the same number of images; a curve needs different horizons"
+        )
     fld = np.array([e["at_n"]["fld"] for e in entries.values()])
     floor = np.array([e["at_n"]["fld_train_test"] for e in entries.values()])
     a, b = fit_power_law(images, fld - floor)
     fitted = floor + a * images ** (-b)
-    target_floor = float(floor.mean())
-    needed = (a / ((args.target - 1) * target_floor)) ** (1 / b)
-    last = entries[args.keys[-1]]
+    needed = (a / ((target - 1) * float(floor.mean()))) ** (1 / b)
+    last = entries[keys[-1]]
     speed = last["images_seen"] / last["train_seconds"]
     epoch = DATASETS[entry_config(last).data.name].sizes["train"]
     points = [
@@ -115,40 +106,93 @@ def main(argv: list[str] | None = None) -> int:
         }
         for (k, e), f in zip(entries.items(), fitted)
     ]
-    curve = {
+    return {
         "law": "FLD - floor = a * images^(-b)",
         "a": a,
         "b": round(b, 4),
         "points": points,
-        "target_ratio": args.target,
+        "target_ratio": target,
         "images_at_target": round(needed),
         "epochs_at_target": round(needed / epoch, 1),
         "hours_at_target": round(needed / speed / 3600, 2),
         "speed_images_per_s": round(speed, 1),
-        "speed_from": args.keys[-1],
+        "speed_from": keys[-1],
         **provenance("curve.py", argv),
     }
-    merge_results({"learning_curve": curve}, args.results)
 
-    budget = f"{args.keys[-1]}: {last['train_seconds'] / 60:.0f} min at {last['threads']} threads"
+
+def parse_recipes(keys: list[str] | None, recipes: list[str] | None) -> dict[str, list[str]]:
+    """Recipe name → its keys, from ``--keys`` (named after its last key) and ``--recipe NAME=K1,K2,…``."""
+    found = {keys[-1]: keys} if keys else {}
+    for text in recipes or []:
+        name, _, listed = text.partition("=")
+        if not name or not listed:
+            raise SystemExit(f"--recipe {text!r}: write NAME=KEY1,KEY2,…")
+        if name in found:
+            raise SystemExit(f"--recipe {text!r}: a recipe named {name!r} is given twice")
+        found[name] = [k for k in listed.split(",") if k]
+    if not found:
+        raise SystemExit("give --keys K1 K2 … or --recipe NAME=K1,K2,… (repeatable)")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--keys", nargs="+", help="quality.<key> entries of one recipe, at least two horizons")
+    p.add_argument(
+        "--recipe", action="append", metavar="NAME=K1,K2,…", help="a named recipe's keys (repeatable)"
+    )
+    p.add_argument("--target", type=float, default=3.0, help="the FLD / floor ratio to extrapolate to")
+    p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--figure", type=Path, default=FIGURE)
+    args = p.parse_args(argv)
+
+    recipes = parse_recipes(args.keys, args.recipe)
+    quality = json.loads(args.results.read_text()).get("quality", {})
+    for name, keys in recipes.items():
+        missing = [k for k in keys if k not in quality]
+        if missing:
+            raise SystemExit(
+                f"no quality.{missing[0]} in {args.results}: run benchmarks/quality.py --key {missing[0]}"
+            )
+        if len(keys) < 2:
+            raise SystemExit(f"{name}: a curve needs at least two runs")
+    curves = {name: fit_recipe(keys, quality, args.target, argv) for name, keys in recipes.items()}
+    first = next(iter(curves))
+    merge_results({"learning_curve": curves[first], "learning_curves": curves}, args.results)
+
+    drawn = [
+        plotting.LearningCurve(
+            name,
+            [pt["images"] for pt in c["points"]],
+            [pt["fld"] for pt in c["points"]],
+            float(np.mean([pt["floor"] for pt in c["points"]])),
+            (c["a"], c["b"]),
+            c["images_at_target"],
+        )
+        for name, c in curves.items()
+    ]
+    last = quality[recipes[first][-1]]
+    budget = f"{recipes[first][-1]}: {last['train_seconds'] / 60:.0f} min at {last['threads']} threads"
+    needed = ", ".join(f"{name} ~{c['images_at_target']:.2g}" for name, c in curves.items())
     args.figure.parent.mkdir(parents=True, exist_ok=True)
     plotting.fld_vs_images(
         args.figure,
-        images,
-        fld,
-        target_floor,
-        law=(a, b),
-        target=(args.target, needed),
+        drawn,
+        args.target,
         budget=(last["images_seen"], budget),
-        title=f"{last['preset']}, N = {last['at_n']['n']:,}: ratio {args.target:g} at ~{needed:.2g} images",
+        title=f"{last['preset']}, N = {last['at_n']['n']:,}: ratio {args.target:g} at {needed} images",
     )
 
-    for pt in points:
-        print(f"{pt['key']}: {pt['images']:,} images, FLD {pt['fld']:.2f} (fit {pt['fitted_fld']:.2f})")
-    print(
-        f"b = {b:.3f}; ratio {args.target:g} at {needed:,.0f} images = {curve['epochs_at_target']} epochs "
-        f"= {curve['hours_at_target']} h at {speed:.1f} img/s; figure {args.figure}"
-    )
+    for name, c in curves.items():
+        for pt in c["points"]:
+            fit = f"FLD {pt['fld']:.2f} (fit {pt['fitted_fld']:.2f})"
+            print(f"{name}: {pt['key']}: {pt['images']:,} images, {fit}")
+        print(
+            f"{name}: b = {c['b']:.3f}; ratio {args.target:g} at {c['images_at_target']:,} images"
+            f" = {c['epochs_at_target']} epochs = {c['hours_at_target']} h at {c['speed_images_per_s']} img/s"
+        )
+    print(f"figure {args.figure}")
     return 0
 
 

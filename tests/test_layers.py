@@ -47,5 +47,5 @@ def test_math_data_and_engine_stay_apart(module):
 
 
 def test_sampling_and_evaluation_never_load_the_training_loop():
-    loaded = loaded_after("ddpm.run", "ddpm.evaluate", "ddpm.edit", "ddpm.cli")
+    loaded = loaded_after("ddpm.run", "ddpm.evaluate", "ddpm.edit", "ddpm.export", "ddpm.cli")
     assert "ddpm.engine.trainer" not in loaded and "ddpm.training" not in loaded

@@ -1,4 +1,5 @@
-"""The ``ddpm`` command line: a thin layer over :mod:`ddpm.run`, :mod:`ddpm.edit` and :mod:`ddpm.evaluate`.
+"""The ``ddpm`` command line: a thin layer over :mod:`ddpm.run`, :mod:`ddpm.edit`, :mod:`ddpm.evaluate` and
+:mod:`ddpm.export`.
 
 Every refusal is one line on stderr and a non-zero exit, with nothing overwritten.
 """
@@ -71,7 +72,11 @@ def cmd_sample(args) -> int:
     cfg = run.sampling_config(
         loaded.cfg, sampler=args.sampler, steps=args.steps, spacing=args.spacing, **_options(args)
     )
-    run.check_labels(cfg, args.label, args.guidance)
+    label, nrow = args.label, None
+    if label == "all":
+        label = run.rows_of_classes(cfg, args.n)
+        nrow = args.n // cfg.model.num_classes
+    run.check_labels(cfg, label, args.guidance)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
     _check_writable(out, (".png", ".npy"), "--out")
     if gif:
@@ -84,11 +89,11 @@ def cmd_sample(args) -> int:
         loaded.schedule,
         args.n,
         seed=args.seed,
-        label=args.label,
+        label=label,
         callback=frames,
         guidance=args.guidance,
     ).cpu()
-    write_samples(out, x, f"{args.n} samples, step {loaded.step}")
+    write_samples(out, x, f"{args.n} samples, step {loaded.step}", nrow=nrow)
     if gif:
         if image:
             plotting.grid_gif(gif, frames.states)
@@ -287,16 +292,22 @@ def _final_metrics(path: Path) -> dict | None:
 
 
 def cmd_info(args) -> int:
+    from ddpm.export import provenance
+
     run_dir = Path(args.run)
     loaded = run.load_run(run_dir, device="cpu")
     latest = loaded.checkpoint
     state = ckpt.load_state(latest)
+    exported = provenance(run_dir)
     info = {
         "run": str(run_dir),
         "step": state["step"],
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
-        "weights_tensors_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "model.safetensors")),
+        "weights_tensors_sha256": None  # an export keeps the EMA alone
+        if exported
+        else ckpt.tensors_sha256(ckpt.load_tensors(latest / "model.safetensors")),
         "ema_tensors_sha256": ckpt.tensors_sha256(ckpt.load_tensors(latest / "ema.safetensors")),
+        "export": exported,
         "world_size": state.get("world_size", 1),
         "posthoc_ema": _posthoc_info(run_dir, loaded.cfg),
         "train_seconds": state.get("train_seconds"),
@@ -312,8 +323,13 @@ def cmd_info(args) -> int:
     if info["train_seconds"] is not None:
         print(f"{'train_seconds':>22}: {info['train_seconds']:.1f}")
     for key in ("weights_tensors_sha256", "ema_tensors_sha256"):
-        print(f"{key:>22}: {info[key]}")
+        print(f"{key:>22}: {info[key] or 'none (an export keeps the EMA alone)'}")
     print(f"{'':>22}  (SHA-256 of the tensors' names, shapes and values: equal iff the weights are)")
+    if exported:
+        print(
+            f"{'export':>22}: of {exported.get('exported_from')} ({exported.get('checkpoint')}),"
+            f" {exported.get('date')}; {exported.get('weights')}"
+        )
     if info["posthoc_ema"]:
         kept, steps = info["posthoc_ema"]["sigma_rel"], info["posthoc_ema"]["snapshot_steps"]
         span = f", steps {steps[0]}…{steps[-1]}" if steps else ""
@@ -336,12 +352,34 @@ def cmd_info(args) -> int:
 
 
 def _posthoc_info(run_dir: Path, cfg: Config) -> dict | None:
-    """The power EMAs the run keeps for post-hoc EMA and the steps of their snapshots, or None."""
-    if not cfg.train.posthoc_ema:
+    """The power EMAs the run keeps for post-hoc EMA and the steps of their snapshots, or None (an export
+    keeps none)."""
+    if not cfg.train.posthoc_ema or run.is_export(run_dir):
         return None
     folders = ckpt.list_step_folders(posthoc_ema.snapshot_dir(run_dir))
     steps = [int(p.name[len(ckpt.PREFIX) :]) for p in folders]
     return {"sigma_rel": list(cfg.train.posthoc_ema), "snapshot_steps": steps}
+
+
+def cmd_export(args) -> int:
+    from ddpm.export import export_run
+
+    done = export_run(Path(args.run), Path(args.out))
+    out = done.out
+    weights = next(name for name in done.sizes if name.endswith("ema.safetensors"))
+    reports = sum(name.startswith("eval/") and name.endswith(".json") for name in done.sizes)
+    reports = f"{reports or 'no'} eval report{'s' * (reports != 1)}"
+    print(
+        f"wrote {out}: {_megabytes(done.total)} in {len(done.sizes)} files: the EMA weights at step"
+        f" {done.step} ({weights}, {_megabytes(done.sizes[weights])}), config.json, {reports}, export.json,"
+        " SHA256SUMS"
+    )
+    print(f"next: ddpm sample {out} --n 64 --out grid.png; check it: (cd {out} && sha256sum -c SHA256SUMS)")
+    return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
 
 def cmd_data_fetch(args) -> int:
@@ -481,6 +519,11 @@ def cmd_lenet_train(args) -> int:
     return 0
 
 
+def class_label(text: str) -> int | str:
+    """``--label`` of ddpm sample: a class, or "all"."""
+    return text if text == "all" else int(text)
+
+
 def _ema_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ema-sigma-rel",
@@ -587,7 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=0, help="the noise's seed (default 0): same seed, same samples"
     )
-    p.add_argument("--label", type=int, help="the class to draw (conditional models; needed by --guidance)")
+    p.add_argument(
+        "--label",
+        type=class_label,
+        help="the class to draw (conditional models; needed by --guidance), or all: a grid row per class",
+    )
     _sampling_flags(p)
     p.add_argument(
         "--weights",
@@ -711,6 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="data and model cache (default: $DDPM_DATA or ~/.cache/ddpm)")
     p.add_argument("--json", action="store_true", help="end with a JSON line holding test_accuracy")
     p.set_defaults(func=cmd_lenet_train)
+
+    p = sub.add_parser("export", help="a small copy of a run for sampling and eval: its final EMA alone")
+    p.add_argument("run", help="the run folder")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="describe a run: config, step, metrics, weight checksums")
     p.add_argument("run", help="the run folder")

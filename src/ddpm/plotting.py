@@ -9,6 +9,7 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -172,36 +173,55 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
     return _save(fig, path)
 
 
+class LearningCurve(NamedTuple):
+    """One recipe's learning curve: measured FLD at ``images``, its ``floor`` and the fitted power law
+    ``floor + a · images^(−b)`` (``law = (a, b)``), which reaches the target ratio at ``needed`` images."""
+
+    label: str
+    images: Sequence[float]
+    fld: Sequence[float]
+    floor: float
+    law: tuple[float, float]
+    needed: float
+
+
 def fld_vs_images(
     path: Path,
-    images: Sequence[float],
-    fld: Sequence[float],
-    floor: float,
-    law: tuple[float, float],
-    target: tuple[float, float],
+    curves: Sequence[LearningCurve],
+    ratio: float,
     budget: tuple[float, str] | None = None,
     title: str | None = None,
 ) -> Path:
-    """A learning curve on log axes: measured FLD against training images, the power law
-    ``floor + a · images^(−b)`` (``law = (a, b)``) drawn on to the ``target = (ratio, images)`` where it
-    reaches ``ratio × floor``; the floor dashed, the target dotted, ``budget = (images, label)`` grey."""
-    a, b = law
-    ratio, needed = target
-    images = np.asarray(images, dtype=float)
+    """Learning curves on the same log axes, a colour each: measured FLD against training images and the
+    power law drawn on to where it reaches ``ratio × floor`` (dotted); the floor dashed,
+    ``budget = (images, label)`` grey."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(images, fld, "o", label="measured FLD")
-    span = np.geomspace(images.min() / 1.5, needed * 1.5, 100)
-    ax.plot(span, floor + a * span ** (-b), "-", lw=1, label=f"floor + {a:.3g} · images^(−{b:.2f})")
-    ax.axhline(floor, color="k", lw=0.8, ls="--", label=f"floor {floor:.3f}")
-    ax.axhline(ratio * floor, color="r", lw=0.8, ls=":", label=f"ratio {ratio:g}")
-    ax.axvline(needed, color="r", lw=0.8, ls=":")
+    for i, c in enumerate(curves):
+        color, (a, b) = f"C{i}", c.law
+        images = np.asarray(c.images, dtype=float)
+        name = f"{c.label}: " if len(curves) > 1 else ""
+        ax.plot(images, c.fld, "o", color=color, label=f"{name}measured FLD")
+        span = np.geomspace(images.min() / 1.5, c.needed * 1.5, 100)
+        ax.plot(
+            span,
+            c.floor + a * span ** (-b),
+            "-",
+            color=color,
+            lw=1,
+            label=f"floor + {a:.3g} · images^(−{b:.2f})",
+        )
+        ax.axhline(c.floor, color=color, lw=0.8, ls="--", label=f"{name}floor {c.floor:.3f}")
+        ax.axhline(
+            ratio * c.floor, color=color, lw=0.8, ls=":", label=f"{name}ratio {ratio:g} at {c.needed:.2g}"
+        )
+        ax.axvline(c.needed, color=color, lw=0.8, ls=":")
     if budget is not None:
         ax.axvline(budget[0], color="0.5", lw=0.8, label=budget[1])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training images (steps × batch)")
     ax.set_ylabel("FLD against the test set")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if len(curves) == 1 else 6)
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)

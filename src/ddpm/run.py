@@ -41,6 +41,9 @@ from ddpm.samplers import (
 from ddpm.schedules import Schedule, make_schedule
 
 CONFIG_FILE = "config.json"
+# Written by ``ddpm export`` (:mod:`ddpm.export`): the folder holds only the run's final EMA weights, to
+# sample and evaluate; nothing to train on from.
+EXPORT_FILE = "export.json"
 AUTO = "auto"  # sample.sampler or sample.spacing chosen by ddpm.samplers.AUTO
 
 # The largest model trained: weights, EMA, gradients and AdamW's two moments take 20 bytes a parameter (4 GB).
@@ -256,6 +259,17 @@ def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float 
         raise RunError(f"{shown}: the run has {why}")
 
 
+def rows_of_classes(cfg: Config, n: int) -> torch.Tensor:
+    """Labels for ``n`` samples of a class-conditional run, ``n / classes`` of each class in turn: a grid
+    of ``n / classes`` columns shows one class a row."""
+    k = cfg.model.num_classes
+    if k is None:
+        raise RunError("--label all: the run has an unconditional model")
+    if n % k:
+        raise RunError(f"--label all: --n {n} must be a multiple of the {k} classes (a row each)")
+    return torch.arange(k).repeat_interleave(n // k)
+
+
 def check_finite(x: torch.Tensor) -> torch.Tensor:
     """Refuse samples that are not all finite (NaN or ±inf: damaged weights, or a run that diverged);
     returns ``x``."""
@@ -368,6 +382,12 @@ def sample(
 # --- A run folder, loaded back ---------------------------------------------------------------------------
 
 
+def is_export(run_dir: Path) -> bool:
+    """Whether ``run_dir`` was written by ``ddpm export``: the final EMA weights alone, with no raw weights
+    and no optimiser state."""
+    return (Path(run_dir) / EXPORT_FILE).is_file()
+
+
 @dataclass
 class LoadedRun:
     cfg: Config
@@ -410,6 +430,11 @@ def load_run(
         loaded = LoadedRun(cfg, model, build_schedule(cfg), posthoc.step, latest, posthoc)
     else:
         path = latest / f"{weights}.safetensors"
+        if weights != "ema" and is_export(run_dir):
+            raise RunError(
+                f"--weights {weights}: {run_dir} is an exported run, which keeps only the EMA weights; "
+                "leave out --weights, or use the run it was exported from"
+            )
         ckpt.load_into(model, ckpt.load_tensors(path), path)
         loaded = LoadedRun(cfg, model, build_schedule(cfg), ckpt.load_state(latest)["step"], latest)
     loaded.model, loaded.schedule = model.to(dev).eval(), loaded.schedule.to(dev)

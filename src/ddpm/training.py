@@ -36,6 +36,7 @@ from ddpm.run import (
     RunError,
     build_schedule,
     check_config,
+    is_export,
     load_config,
     make_model,
     sample,
@@ -232,6 +233,11 @@ def open_run(cfg: Config, out: Path, restart: bool, held: contextlib.ExitStack) 
     naming the settings that differ, never silently replaced by the saved one.
     """
     out = Path(out)
+    if is_export(out):  # --restart too: it would remove the only weights the folder has
+        raise RunError(
+            f"--out {out}: is an exported run (ddpm export), whose EMA weights alone cannot be trained on; "
+            f"to train its recipe anew: ddpm train {out / CONFIG_FILE} --out NEW_RUN"
+        )
     prepare_out(out)
     held.enter_context(writer_lock(out))
     latest = None if restart else ckpt.latest_checkpoint(out)

@@ -91,9 +91,7 @@ def save_step_folder(root: Path, step: int, tensors: dict[str, dict[str, torch.T
         f"{name}.safetensors": safetensors.torch.save(_contiguous(group)) for name, group in tensors.items()
     }
     files["state.json"] = json.dumps(state, indent=1).encode()
-    files[SUMS] = "".join(
-        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items()
-    ).encode()
+    files[SUMS] = sums_file(files)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         for stale in final.parent.glob(".tmp-*"):  # left by a process killed mid-write: never valid
@@ -108,6 +106,36 @@ def save_step_folder(root: Path, step: int, tensors: dict[str, dict[str, torch.T
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def sums_file(files: dict[str, bytes]) -> bytes:
+    """The ``SHA256SUMS`` of ``files`` (a path relative to their folder → its bytes), as ``sha256sum`` writes
+    it."""
+    return "".join(f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in files.items()).encode()
+
+
+def check_sums(folder: Path) -> list[str]:
+    """Check a whole folder against its ``SHA256SUMS`` (what ``sha256sum -c`` does, and more): every file
+    it lists is there with its SHA-256, and every file under ``folder`` is listed. Returns the names.
+
+    Raises:
+        CheckpointError: naming the first file missing, changed, or not listed.
+    """
+    folder = Path(folder)
+    expected = _sums(folder)
+    for name, digest in expected.items():
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CheckpointError(f"{path}: listed in {SUMS} but unreadable ({e.strerror or e})") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise CheckpointError(f"{path}: failed its SHA-256 check (changed, truncated or corrupted)")
+    found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    unlisted = [name for name in found if name != SUMS and name not in expected]
+    if unlisted:
+        raise CheckpointError(f"{folder / unlisted[0]}: not listed in {SUMS}, so it cannot be checked")
+    return list(expected)
 
 
 def save_checkpoint(

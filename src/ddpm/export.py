@@ -1,0 +1,141 @@
+"""Export a run: a small folder holding what sampling and evaluation need, and nothing to train on from.
+
+``ddpm export RUN --out DIR`` writes ``config.json``, one checkpoint with the final EMA weights alone
+(``checkpoints/step-N/``: ``ema.safetensors``, a ``state.json`` of step, images seen and time, its
+``SHA256SUMS``), the run's ``metrics.json`` and ``eval/`` reports with their grids, ``export.json`` (where and
+when it came from) and a ``SHA256SUMS`` over all of them. :func:`ddpm.run.load_run` reads it like the run, so
+``ddpm sample``, ``eval`` and ``info`` give the same results from both; ``ddpm train`` refuses it. The folder
+is written under a temporary name and renamed into place: a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import importlib.metadata
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ddpm.data import IMAGE_SETS
+from ddpm.engine import checkpoint as ckpt
+from ddpm.evaluate import EVAL_DIR
+from ddpm.fileio import fsync_dir, write_synced
+from ddpm.run import CONFIG_FILE, EXPORT_FILE, RunError, is_export, load_run
+
+METRICS_FILE = "metrics.json"  # the final metrics of training, a report worth keeping beside the weights
+STATE_KEYS = ("step", "images_seen", "train_seconds", "world_size")  # what the exported state.json keeps
+
+
+@dataclass
+class Export:
+    out: Path
+    step: int
+    sizes: dict[str, int]  # every file written, relative to ``out`` → bytes
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that holds anything: an export never mixes with other files."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: is a file; choose a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise RunError(f"--out {out}: is not empty; choose a new or empty folder")
+
+
+def machine_free(cfg):
+    """The config without what only said where the run was trained (the data cache of a named image set,
+    the device): an export samples and evaluates on any machine. Returns it and the changes made."""
+    cfg, changes = copy.deepcopy(cfg), {}
+    if cfg.data.name in IMAGE_SETS and cfg.data.root is not None:  # a "folder" set's root is its data
+        changes["data.root"] = {"was": cfg.data.root, "now": None}
+        cfg.data.root = None
+    if cfg.train.device != "auto":
+        changes["train.device"] = {"was": cfg.train.device, "now": "auto"}
+        cfg.train.device = "auto"
+    return cfg, changes
+
+
+def export_run(run_dir: Path, out: Path) -> Export:
+    """Write the export of the run in ``run_dir`` to the new or empty folder ``out`` (see the module's
+    docstring). Refused, with nothing written: a folder that is not a run or is an export, a checkpoint
+    without EMA weights, an ``out`` that holds anything."""
+    run_dir, out = Path(run_dir), Path(out)
+    if is_export(run_dir):
+        raise RunError(f"{run_dir}: is an export already; copy the folder instead")
+    check_out(out)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not (latest / "ema.safetensors").exists():
+        raise RunError(f"{run_dir}: {latest.name} has no EMA weights (ema.safetensors) to export")
+    loaded = load_run(run_dir, device="cpu")  # config, checkpoint and EMA weights: all checked
+    ema = ckpt.load_tensors(latest / "ema.safetensors")
+    state = ckpt.load_state(latest)
+    cfg, changes = machine_free(loaded.cfg)
+    provenance = {
+        "exported_from": str(run_dir),
+        "checkpoint": latest.name,
+        **{key: state[key] for key in STATE_KEYS if key in state},
+        "weights": f"the EMA of the weights (train.ema_decay {cfg.train.ema_decay:g})",
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "ema_tensors_sha256": ckpt.tensors_sha256(ema),
+        "config_changes": changes,
+        "train_again": f"ddpm train {CONFIG_FILE} --out NEW_RUN  (the same recipe, from step 0)",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "ddpm": _version("ddpm-from-scratch"),
+        "torch": torch.__version__,
+    }
+    copies = [run_dir / METRICS_FILE] + sorted((run_dir / EVAL_DIR).glob("*.json"))
+    copies += sorted((run_dir / EVAL_DIR).glob("*.png"))
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        ckpt.save_step_folder(
+            tmp / "checkpoints", state["step"], {"ema": ema}, {k: state[k] for k in STATE_KEYS if k in state}
+        )
+        write_synced(tmp / CONFIG_FILE, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+        write_synced(tmp / EXPORT_FILE, (json.dumps(provenance, indent=2) + "\n").encode())
+        for source in copies:
+            if source.is_file():
+                target = tmp / source.relative_to(run_dir)
+                target.parent.mkdir(exist_ok=True)
+                write_synced(target, source.read_bytes())
+        files = {p.relative_to(tmp).as_posix(): p for p in sorted(tmp.rglob("*")) if p.is_file()}
+        write_synced(tmp / ckpt.SUMS, ckpt.sums_file({name: p.read_bytes() for name, p in files.items()}))
+        ckpt.check_sums(tmp)
+        for folder in {tmp, *(p.parent for p in files.values())}:
+            fsync_dir(folder)
+        os.rename(tmp, out)  # replaces an empty folder in one step
+        fsync_dir(out.parent)
+    except BaseException:  # a full disk, or Ctrl-C mid-write: nothing is left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sizes = {name: (out / name).stat().st_size for name in [*files, ckpt.SUMS]}
+    return Export(out, state["step"], sizes)
+
+
+def provenance(run_dir: Path) -> dict | None:
+    """An exported run's ``export.json`` (where, when and what it was exported from), or None for a run."""
+    path = Path(run_dir) / EXPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: unreadable ({e})") from None
+    return found if isinstance(found, dict) else None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
