@@ -326,9 +326,12 @@ def test_heun_counts_two_evaluations_a_step_and_steps_count_evaluations():
     schedule = make_schedule("cosine", 100)
     calls = []
     denoise = make_denoiser(lambda x, t: calls.append(int(t[0])) or fake_model(x, t), schedule)
-    timesteps = make_timesteps(schedule, 5, "trailing")
+    timesteps = make_timesteps(schedule, 5, "uniform")
     heun_sample(denoise, torch.randn(3, 2), schedule, timesteps)
-    assert calls == [99, 79, 79, 59, 59, 39, 39, 19, 19]  # Euler step, correction at its end; last: Euler
+    assert calls == [80, 60, 60, 40, 40, 20, 20, 0, 0]  # Euler step, correction at its end; last: Euler
+    calls.clear()  # trailing starts at σ_99 ≈ 10² > HEUN_SIGMA_MAX: that step is Euler's alone
+    heun_sample(denoise, torch.randn(3, 2), schedule, make_timesteps(schedule, 5, "trailing"))
+    assert calls == [99, 79, 59, 59, 39, 39, 19, 19]
     assert network_evaluations("heun", 5) == 9 and network_evaluations("unipc", 5) == 5
     assert [steps_within("heun", k) for k in (1, 2, 3, 9, 10)] == [1, 1, 2, 5, 5]  # never more than K
     assert all(steps_within(name, 20) == 20 for name in ("ddpm", "ddim", "dpmpp2m", "unipc"))
@@ -363,7 +366,7 @@ def test_heun_churn_without_churn_is_algorithm_1_and_draws_no_noise():
 def test_heun_churn_raises_the_noise_to_a_trained_step():
     """Algorithm 2, lines 4–6, on our steps: γ = min(S_churn / n, √2 − 1) raises σ_i to the step t̂ whose σ
     is nearest (1 + γ) σ_i, with fresh noise √(σ̂² − σ²) S_noise z in x / √ᾱ; then Heun's step from t̂.
-    S_tmax lets the first step (σ ≈ 160) go unchurned."""
+    S_tmax lets the first step (σ ≈ 160) go unchurned; above HEUN_SIGMA_MAX it is Euler's alone."""
     schedule = make_schedule("linear", 1000)
     calls = []
     denoise = make_denoiser(lambda x, t: calls.append(int(t[0])) or fake_model(x, t), schedule, "eps")
@@ -383,7 +386,7 @@ def test_heun_churn_raises_the_noise_to_a_trained_step():
         callback=lambda i, t, x, x0: states.append(x),
     )
     t_hat = int((sigma - 1.2 * sigma[t1]).abs().argmin())
-    assert t1 < t_hat < t0 and calls[:4] == [t0, t1, t_hat, t2]  # evaluated where the network was trained
+    assert t1 < t_hat < t0 and calls[:3] == [t0, t_hat, t2]  # evaluated where the network was trained
     z = torch.randn(x_T.shape, generator=torch.Generator().manual_seed(1), dtype=x_T.dtype)
     ab = schedule.alpha_bar
     x_hat = ab[t_hat].sqrt() * (
@@ -559,3 +562,18 @@ def test_samplers_start_from_pure_noise_with_zero_terminal_snr(sampler):
     ):  # deterministic; the others replace x_T by fresh noise
         ab = schedule.alpha_bar[timesteps[1]]
         assert torch.allclose(states[0], ab.sqrt() * 0.4 + (1 - ab).sqrt() * x_T, atol=1e-10)
+
+
+def test_heun_from_the_cosine_schedules_last_step_stays_accurate():
+    """Trailing grids start at the last step, σ ≈ 2·10⁴ on the cosine schedule. Heun's correction across the
+    first step would multiply the two slopes' difference by that step's length; above HEUN_SIGMA_MAX the
+    step is Euler's alone, and 10 steps then land as close to the exact ODE as DDIM's 10 do, or closer."""
+    m, s = 0.5, 0.3
+    schedule = make_schedule("cosine", 1000)
+    denoise = make_denoiser(gaussian_model(schedule, m, s, "eps"), schedule, "eps")
+    x_T = standard_normal(100)
+    timesteps = make_timesteps(schedule, 10, "trailing")
+    exact = exact_ode_end(schedule, m, s, x_T, timesteps[-1])
+    heun = (heun_sample(denoise, x_T, schedule, timesteps) - exact).abs().max().item()
+    ddim = (SAMPLERS["ddim"](denoise, x_T, schedule, timesteps) - exact).abs().max().item()
+    assert heun < min(ddim, 0.05)

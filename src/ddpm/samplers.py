@@ -344,17 +344,25 @@ def dpmpp_2m_sde_sample(
     return x
 
 
+# EDM's largest noise level (Karras et al. 2022, Table 1: σ_max = 80). Heun's correction averages the slopes
+# at both ends of a step and multiplies the average by the step's length, so on a step from far above it
+# (the cosine schedule's last step has σ ≈ 2·10⁴, so trailing grids start there) a slope difference of a
+# few per cent becomes an error of hundreds; there the Euler step (DDIM's, exact as σ → ∞) is taken alone.
+HEUN_SIGMA_MAX = 80.0
+
+
 def _heun_step(denoise: Denoiser, x_t: torch.Tensor, t: int, s: int, schedule: Schedule):
     """One step of Heun's method from step t to step s (s = −1: σ = 0) in EDM's variables x = x_t / √ᾱ_t
-    (Karras et al. 2022, Alg. 1, lines 4–8), where the slope d = (x − D(x; σ)) / σ is our ε̂. Returns x_s
-    (back in our variables, √ᾱ_s x) and the x̂_0 of the step's first evaluation."""
+    (Karras et al. 2022, Alg. 1, lines 4–8), where the slope d = (x − D(x; σ)) / σ is our ε̂; an Euler step
+    alone from above :data:`HEUN_SIGMA_MAX`. Returns x_s (back in our variables, √ᾱ_s x) and the x̂_0 of the
+    step's first evaluation."""
     sigma_t, sigma_s = _sigma(schedule, t), _sigma(schedule, s)
     x0, d = denoise(x_t, _at(x_t, t))  # D(x; σ_t) and d_i = (x − D(x; σ_t)) / σ_t
     if math.isinf(sigma_t):  # zero terminal SNR: x = ∞; the Euler step's limit is x̂_0 + σ_s d, no correction
         return _alpha_bar(schedule, s) ** 0.5 * (x0 + sigma_s * d), x0
     x = x_t / _alpha_bar(schedule, t) ** 0.5
     x_next = x + (sigma_s - sigma_t) * d  # Euler step (line 5)
-    if sigma_s > 0:  # second-order correction (lines 6–8): the mean of the slopes at both ends
+    if sigma_s > 0 and sigma_t <= HEUN_SIGMA_MAX:  # second-order correction (lines 6–8): mean of the slopes
         scale_s = _alpha_bar(schedule, s) ** 0.5
         _, d_next = denoise(scale_s * x_next, _at(x_t, s))
         x_next = x + (sigma_s - sigma_t) * (0.5 * d + 0.5 * d_next)
@@ -546,8 +554,8 @@ TWO_EVALUATIONS_A_STEP = ("heun", "heun-churn")
 
 
 def network_evaluations(name: str, steps: int) -> int:
-    """How many times sampler ``name`` evaluates the network on ``steps`` steps (at most: from σ = ∞, under
-    zero terminal SNR, Heun's first step is an Euler step)."""
+    """How many times sampler ``name`` evaluates the network on ``steps`` steps (at most: from above
+    :data:`HEUN_SIGMA_MAX`, e.g. σ = ∞ under zero terminal SNR, Heun's first step is an Euler step)."""
     return 2 * steps - 1 if name in TWO_EVALUATIONS_A_STEP else steps
 
 
