@@ -8,6 +8,7 @@ import pytest
 import scipy.integrate
 import torch
 
+from ddpm.diffusion import EDM_SIGMA_DATA
 from ddpm.likelihood import ContinuousVP, dequantize, nll_bits_per_dim, ode_log_likelihood
 from ddpm.schedules import make_schedule
 
@@ -20,9 +21,13 @@ def continuous_gaussian_model(schedule, m, cov, prediction="eps"):
     def model(x, index):
         ab = math.exp(vp.log_alpha_bar((index[0].item() + 1) / schedule.T))
         a, b = math.sqrt(ab), math.sqrt(1 - ab)
+        var = 1 - ab + ab * EDM_SIGMA_DATA**2  # EDM's network is given x_t / √var (c_in)
+        x = x * math.sqrt(var) if prediction == "edm" else x
         gain = a * cov @ torch.linalg.inv(ab * cov + (1 - ab) * torch.eye(dims, dtype=cov.dtype))
         x0 = m + (x - a * m) @ gain.T
         eps = (x - a * x0) / b
+        if prediction == "edm":  # F = (x_0 − c_skip x) / c_out, in x_t (Karras et al. 2022, eq. 8)
+            return (x0 - EDM_SIGMA_DATA**2 * a / var * x) / (EDM_SIGMA_DATA * b / math.sqrt(var))
         return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[prediction]
 
     return model
@@ -66,7 +71,7 @@ def test_the_continuous_schedule_passes_through_the_discrete_one(name):
         ContinuousVP.from_schedule(make_schedule(name, 50, zero_terminal_snr=True))
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "edm"])
 def test_ode_likelihood_of_gaussian_data_is_the_closed_form(prediction):
     """Independent dimensions: ∂f/∂x is diagonal, so a Rademacher probe gives the trace exactly and only the
     solver's error is left: a few 1e-3 nats at the default tolerances (1e-5), 1e-5 at 1e-9."""

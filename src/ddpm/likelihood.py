@@ -20,7 +20,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.interpolate import PchipInterpolator
 
-from ddpm.diffusion import x0_eps_from_output
+from ddpm.diffusion import network_input, x0_eps_from_output
 from ddpm.registry import check_name
 from ddpm.schedules import Schedule
 
@@ -76,8 +76,8 @@ def ode_drift(
     one-step schedule holding ᾱ(t)), without clipping: the ODE needs a smooth field."""
     here = Schedule.from_alpha_bar(torch.tensor([math.exp(vp.log_alpha_bar(t))], dtype=torch.float64))
     index = torch.full((x.shape[0],), vp.step_index(t), device=x.device, dtype=x.dtype)
-    output = model_fn(x, index).to(x.dtype)
     zeros = torch.zeros(x.shape[0], device=x.device, dtype=torch.long)  # the one step of `here`
+    output = model_fn(network_input(x, zeros, here, prediction), index).to(x.dtype)
     _, eps = x0_eps_from_output(output, x, zeros, here, prediction)
     sigma = float(here.sqrt_one_minus_alpha_bar[0])
     return -0.5 * vp.beta(t) * (x - eps / sigma)
