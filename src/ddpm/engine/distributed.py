@@ -57,6 +57,9 @@ def process_group() -> Iterator[Group]:
     dist.init_process_group(timeout=TIMEOUT)
     try:
         yield Group(dist.get_rank(), dist.get_world_size())
+        # Every rank got here: leave together, so that no process tears its connections down (and exits)
+        # while a peer still uses them (under load gloo then aborted a finished rank at exit).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
