@@ -21,7 +21,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ddpm.diffusion import extract, network_input, p_variance, q_posterior_mean_variance, x0_eps_from_output
+from ddpm.diffusion import (
+    edm_sigma,
+    extract,
+    network_input,
+    p_variance,
+    q_posterior_mean_variance,
+    x0_eps_from_output,
+)
 from ddpm.registry import check_name
 from ddpm.schedules import Schedule
 
@@ -400,8 +407,7 @@ def heun_sample(
 def _step_near_sigma(schedule: Schedule, t: int, sigma: float) -> int:
     """The step whose σ is nearest ``sigma``, and not below t: where Algorithm 2's raised noise level t̂
     lands on the steps the network was trained at."""
-    ab = schedule.alpha_bar
-    sigmas = ((1 - ab) / ab).sqrt()  # ∞ where ᾱ = 0
+    sigmas = edm_sigma(schedule)  # ∞ where ᾱ = 0
     return max(int((sigmas - sigma).abs().argmin()), t)
 
 
