@@ -165,8 +165,7 @@ def _lambda(schedule: Schedule, t: int) -> float:
 def _sigma(schedule: Schedule, t: int) -> float:
     """σ_t = √((1 − ᾱ_t) / ᾱ_t): the noise level of step t in EDM's variables (Karras et al. 2022, sec. 2),
     where x_t / √ᾱ_t = x_0 + σ_t ε; 0 at t = −1 (the data), ∞ where ᾱ_t = 0 (zero terminal SNR)."""
-    ab = _alpha_bar(schedule, t)
-    return math.inf if ab == 0 else math.sqrt((1 - ab) / ab)
+    return 0.0 if t < 0 else float(edm_sigma(schedule)[t])
 
 
 def _at(x: torch.Tensor, t: int) -> torch.Tensor:
