@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-n", type=int, default=1000, help="samples for the full-T comparison (0: skip it)")
     p.add_argument("--sampler", default="dpmpp2m-sde")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--spacing", help="which steps (default: the run's, as ddpm eval)")
+    p.add_argument("--ema-sigma-rel", type=float, help="measure the post-hoc EMA of this length σ_rel")
     p.add_argument("--guidance", type=float)
     p.add_argument("--skip-train", action="store_true", help="measure the run as it is")
     p.add_argument("--results", type=Path, default=RESULTS)
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cfg = Config.load(args.out / "config.json")
     reference = ReferenceSet.load(run_cfg.data.name, run_cfg.data.root)  # loaded once for the three
-    common = dict(guidance=args.guidance, progress=True, reference=reference)
-    fast_sampler = dict(sampler=args.sampler, steps=args.steps)
+    common = dict(
+        guidance=args.guidance, ema_sigma_rel=args.ema_sigma_rel, progress=True, reference=reference
+    )
+    fast_sampler = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing)
     main_report = evaluate_run(args.out, n=args.n, **fast_sampler, **common)
     fast = full = None
     if args.full_n:
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "images_seen": state.get("images_seen"),
         "sampler": args.sampler,
         "sampler_steps": args.steps,
+        "spacing": main_report.get("spacing", args.spacing),
+        "ema_sigma_rel": args.ema_sigma_rel,
         "guidance": args.guidance,
         "at_n": {k: main_report.get(k) for k in keep},
         "fast_at_full_n": fast and {k: fast.get(k) for k in keep},

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from ddpm.engine.device import resolve_precision
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -59,6 +61,7 @@ def provenance(script: str, argv: list[str] | None) -> dict:
         "command": shlex.join(["python", f"benchmarks/{script}", *args]),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "cpu_precision_auto": resolve_precision("auto", torch.device("cpu")),  # bf16 only where native
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
