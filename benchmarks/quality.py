@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_seen": state.get("images_seen"),
         "sampler": args.sampler,
         "sampler_steps": args.steps,
-        "spacing": main_report.get("spacing", args.spacing),
+        "spacing": main_report["spacing"],  # as resolved (the run's when not given)
         "ema_sigma_rel": args.ema_sigma_rel,
         "guidance": args.guidance,
         "at_n": {k: main_report.get(k) for k in keep},
