@@ -198,6 +198,38 @@ def test_sweep_measures_each_spacing_and_labels_the_plot(runs, capsys):
     assert (run / "eval" / "ddim-3-trailing-n10-s0.json").is_file()
 
 
+def test_sweep_reuses_the_points_already_measured_and_only_those(runs, capsys, monkeypatch):
+    """A point whose report is in RUN/eval (same checkpoint and settings, e.g. from ``ddpm eval``) is read,
+    not sampled again; one measured at another checkpoint is sampled again."""
+    import ddpm.evaluate
+
+    run = runs["uncond"]
+    assert (
+        main(["eval", str(run), "--n", "12", "--sampler", "ddim", "--steps", "4", "--spacing", "trailing"])
+        == 0
+    )
+    assert main(["eval", str(run), "--n", "12", "--sampler", "ddpm", "--steps", "4"]) == 0
+    stale = run / "eval" / "ddpm-4-n12-s0.json"
+    report = json.loads(stale.read_text())
+    stale.write_text(json.dumps(dict(report, checkpoint_step=report["checkpoint_step"] + 1, fld=-1.0)))
+    drawn = []
+    real_sample = ddpm.evaluate.sample
+    monkeypatch.setattr(
+        ddpm.evaluate,
+        "sample",
+        lambda cfg, *a, **k: drawn.append(cfg.sample.sampler) or real_sample(cfg, *a, **k),
+    )
+    argv = ["sweep", str(run), "--n", "12", "--full-n", "12", "--samplers", "ddim,ddpm", "--steps", "4"]
+    assert main([*argv, "--spacings", "trailing", "--json"]) == 0
+    rows = {(r["sampler"], r["steps"]): r for r in _last_json(capsys)["rows"]}
+    ddim = json.loads((run / "eval" / "ddim-4-trailing-n12-s0.json").read_text())
+    assert rows["ddim", 4]["fld"] == ddim["fld"]  # read back
+    assert drawn == ["ddpm", "ddpm"]  # ddpm at 4 trailing steps (a new point) and at every step; not ddim
+    assert main([*argv, "--spacings", "uniform"]) == 0
+    assert drawn == ["ddpm", "ddpm", "ddim", "ddpm"]  # uniform ddim is new; the stale ddpm point is redrawn
+    assert json.loads(stale.read_text())["fld"] >= 0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

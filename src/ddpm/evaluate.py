@@ -181,6 +181,7 @@ def evaluate_run(
     progress: bool = True,
     log=print,
     reference: ReferenceSet | None = None,
+    reuse: bool = False,
     **options: float | None,
 ) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report.
@@ -189,7 +190,9 @@ def evaluate_run(
 
     ``ema_sigma_rel`` samples the post-hoc EMA of that length instead of the run's EMA
     (:func:`ddpm.run.load_run`). ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves
-    reloading it when one run is measured many times."""
+    reloading it when one run is measured many times. ``reuse`` returns the report already in ``RUN/eval``
+    under the same name instead, when it measured the same checkpoint with the same settings (how an
+    interrupted sweep resumes)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     if name:
@@ -214,6 +217,22 @@ def evaluate_run(
         ema_sigma_rel=ema_sigma_rel,
         **chosen,
     )
+    settings = {
+        "sampler": cfg.sample.sampler,
+        "steps": steps,
+        "nfe": evaluations(cfg),
+        "spacing": cfg.sample.spacing,
+        "eta": cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
+        "options": {key: value for key, value in taken.items() if key != "eta"} or None,
+        "guidance": guidance,
+        "ema_sigma_rel": ema_sigma_rel,
+    }
+    out = run_dir / EVAL_DIR
+    if reuse:
+        earlier = _earlier_report(out / f"{name}.json", loaded.step, dict(settings, n=n, seed=seed), fid)
+        if earlier is not None:
+            log(f"reusing {earlier['path']}: the same checkpoint, sampler and settings")
+            return earlier
     dataset = cfg.data.name
     if reference is None or reference.dataset != dataset:
         reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
@@ -237,14 +256,7 @@ def evaluate_run(
     if fid:
         report["fid"] = standard_fid(x, reference.test_x, dataset, cfg.data.root, progress=progress, log=log)
     report.update(
-        sampler=cfg.sample.sampler,
-        steps=steps,
-        nfe=evaluations(cfg),
-        spacing=cfg.sample.spacing,
-        eta=cfg.sample.eta if cfg.sample.sampler == "ddim" else None,
-        options={key: value for key, value in taken.items() if key != "eta"} or None,
-        guidance=guidance,
-        ema_sigma_rel=ema_sigma_rel,
+        settings,
         ema_profile_error=loaded.posthoc.profile_error if loaded.posthoc else None,
         n=n,
         seed=seed,
@@ -253,12 +265,23 @@ def evaluate_run(
         sample_images_per_s=n / sample_seconds,
         seconds=time.perf_counter() - t0,
     )
-    out = run_dir / EVAL_DIR
     out.mkdir(exist_ok=True)
     plotting.save_grid(out / f"{name}.png", x[:GRID_N], nrow=math.ceil(math.sqrt(min(n, GRID_N))))
     atomic_write_text(out / f"{name}.json", json.dumps(report, indent=2) + "\n")
     report["path"] = str(out / f"{name}.json")
     return report
+
+
+def _earlier_report(path: Path, step: int, settings: dict, fid: bool) -> dict | None:
+    """The report at ``path`` if it measured checkpoint ``step`` with ``settings`` (and FID when asked)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = report.get("checkpoint_step") == step and all(report.get(k) == v for k, v in settings.items())
+    if not same or (fid and "fid" not in report):
+        return None
+    return dict(report, path=str(path))
 
 
 def standard_fid(
@@ -318,7 +341,9 @@ def sweep_run(
     Every point is one :func:`evaluate_run` (its report lands in ``RUN/eval/`` as usual); ``steps`` count
     network evaluations (``nfe`` in each row: Heun's can be one fewer). The full-T point costs T evaluations
     per sample, so it may use fewer samples (``full_n``); its FLD is then compared with its own floor, at its
-    own N. ``ema_sigma_rel`` measures that post-hoc EMA instead of the run's EMA. Writes
+    own N. ``ema_sigma_rel`` measures that post-hoc EMA instead of the run's EMA. A point whose report is
+    already in ``RUN/eval`` (same checkpoint and settings) is read, not sampled again: a sweep that was
+    stopped resumes, and its points can be measured apart (``ddpm eval`` with the same settings). Writes
     ``RUN/eval/sweep.json`` and ``RUN/eval/sweep.png``.
     """
     run_dir = Path(run_dir)
@@ -346,6 +371,7 @@ def sweep_run(
             progress=progress,
             log=log,
             reference=reference,
+            reuse=True,
         )
         keep = ("sampler", "spacing", "steps", "nfe", "n", "fld", "fld_train_test", "fld_noise_test")
         row = {key: report[key] for key in keep}
