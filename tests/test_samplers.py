@@ -399,6 +399,23 @@ def test_heun_churn_raises_the_noise_to_a_trained_step():
     assert torch.allclose(states[1], heun[0], atol=1e-12)
 
 
+def test_heun_churn_caps_gamma_at_sqrt2_minus_1():
+    """Algorithm 2, line 4: with S_churn / n above √2 − 1, γ is √2 − 1, so σ̂ = √2 σ_i (the paper's cap: the
+    noise added never exceeds what is already there)."""
+    schedule = make_schedule("linear", 1000)
+    calls = []
+    denoise = make_denoiser(lambda x, t: calls.append(int(t[0])) or fake_model(x, t), schedule, "eps")
+    x_T = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    timesteps = make_timesteps(schedule, 5, "logsnr")
+    sigma = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
+    options = {"s_churn": 50.0, "s_tmin": 0.0, "s_tmax": float(sigma[timesteps[1]])}  # S_churn / n = 10
+    heun_churn_sample(
+        denoise, x_T, schedule, timesteps, **options, generator=torch.Generator().manual_seed(1)
+    )
+    t_hat = int((sigma - 2**0.5 * sigma[timesteps[1]]).abs().argmin())
+    assert timesteps[1] < t_hat < timesteps[0] and calls[1] == t_hat
+
+
 def test_samplers_refuse_options_and_timesteps_they_do_not_take():
     schedule = make_schedule("linear", 50)
     denoise, x_T = make_denoiser(fake_model, schedule), torch.randn(4, 2)
