@@ -7,8 +7,9 @@
    FLD of the completions against the test set (with its floor, N real training images) and the fraction
    LeNet assigns to the digit's true label.
 2. SDEdit at each of ``--strengths``: FLD of the edits and LeNet's agreement with the input's label.
-3. DDIM inversion of N test digits at 20, 50 and 100 steps (and ``--refine`` fixed-point iterations):
-   the mean absolute and the largest reconstruction error after decoding again.
+3. DDIM inversion at 20, 50 and 100 steps (and ``--refine`` fixed-point iterations) of N test digits and
+   of N samples the model drew by DDIM (η = 0) with the same steps: the mean absolute and the largest
+   reconstruction error after decoding again, and for the samples the error of the recovered noise.
 4. NLL by the probability-flow ODE and the variational bound, in bits/dim, on ``--nll-n`` test digits,
    with standard errors and seconds (``ddpm nll``).
 
@@ -110,18 +111,31 @@ def sdedit_sweep(run, images, labels, reference, args) -> list[dict]:
 
 
 def inversion(run, images, args) -> list[dict]:
+    """Decode(invert(x0)) − x0 for test digits, and for samples the model drew itself by DDIM (η = 0) from
+    seeded noise with the same steps, where the inversion should also give back that noise."""
     rows = []
     for steps in args.inversion_steps:
         cfg = sampling_config(run.cfg, steps=steps)
-        t0, errors = time.perf_counter(), []
-        for _, x0 in batches(images, args.batch_size):
-            x_T = invert(cfg, run.model, run.schedule, x0, refine=args.refine, progress=False)
-            errors.append((decode(cfg, run.model, run.schedule, x_T, progress=False) - x0).abs().cpu())
-        errors = torch.cat(errors)
-        row = {"steps": steps, "refine": args.refine, "mean_abs_error": errors.mean().item()}
-        row.update(max_abs_error=errors.max().item(), seconds=time.perf_counter() - t0)
-        rows.append(row)
-        print(f"inversion: {row}")
+        for of in ("test digits", "DDIM samples"):
+            t0, errors, noise_errors = time.perf_counter(), [], []
+            g = torch.Generator(images.device).manual_seed(0)
+            for _, x0 in batches(images, args.batch_size):
+                if of == "DDIM samples":
+                    x_T = torch.randn(x0.shape, generator=g, device=x0.device)
+                    x0 = decode(cfg, run.model, run.schedule, x_T, progress=False)
+                inverted = invert(cfg, run.model, run.schedule, x0, refine=args.refine, progress=False)
+                again = decode(cfg, run.model, run.schedule, inverted, progress=False)
+                errors.append((again - x0).abs().cpu())
+                if of == "DDIM samples":
+                    noise_errors.append((inverted - x_T).abs().cpu())
+            errors = torch.cat(errors)
+            row = {"of": of, "steps": steps, "refine": args.refine, "mean_abs_error": errors.mean().item()}
+            row.update(max_abs_error=errors.max().item())
+            if noise_errors:
+                row.update(noise_mean_abs_error=torch.cat(noise_errors).mean().item())
+            row.update(seconds=time.perf_counter() - t0)
+            rows.append(row)
+            print(f"inversion: {row}")
     return rows
 
 
