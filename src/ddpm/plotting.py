@@ -151,13 +151,16 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
     """FLD against the number of network evaluations, one line per sampler and spacing (named "sampler,
     spacing" when rows have several spacings); the floor (real training images at the same N) dashed.
     ``rows`` hold ``sampler``, ``nfe``, ``n``, ``fld``, ``fld_train_test`` and optionally ``spacing``."""
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     several = len({r.get("spacing") for r in rows if r["nfe"] < max(q["nfe"] for q in rows)}) > 1
+    several = several or len({r.get("spacing") for r in rows} - {None, "uniform"}) > 1
     lines = dict.fromkeys((r["sampler"], r.get("spacing")) for r in rows)
     for sampler, spacing in lines:
         mine = [r for r in rows if (r["sampler"], r.get("spacing")) == (sampler, spacing)]
         mine.sort(key=lambda r: r["nfe"])
-        label = f"{sampler}, {spacing}" if several and len(mine) > 1 else sampler
+        label = f"{sampler}, {spacing}" if several and spacing else sampler
         ax.plot([r["nfe"] for r in mine], [r["fld"] for r in mine], "o-", label=label)
     for n in sorted({r["n"] for r in rows}):
         floor = np.mean([r["fld_train_test"] for r in rows if r["n"] == n])
@@ -165,6 +168,11 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
         ax.text(0.01, floor, f" floor, N = {n}", transform=ax.get_yaxis_transform(), fontsize=7, va="bottom")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2 × 10¹
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
+    ax.tick_params(which="minor", labelsize=7)
     ax.set_xlabel("network evaluations per sample (steps)")
     ax.set_ylabel("FLD against the test set")
     ax.legend(fontsize=8)
