@@ -67,3 +67,22 @@ def mnist_lenet():
     fetch("mnist", root=DATA, progress=False)
     torch.set_num_threads(1)
     return load_lenet("mnist", root=DATA, cache_dir=DATA, progress=False)
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """``benchmark_script("curve")``: benchmarks/curve.py imported as a module (benchmarks/ is no package;
+    its scripts import ``record`` from their own folder)."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,22 +1,15 @@
 """benchmarks/curve.py on synthetic ``quality`` entries: each recipe fitted on its own, all on one figure,
 and ``learning_curve`` kept as it was (the first recipe's fit)."""
 
-import importlib.util
 import json
 
 import pytest
 from PIL import Image
 
-from tests.notebook_runner import ROOT
-
 
 @pytest.fixture
-def curve(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # for its ``from record import …``
-    spec = importlib.util.spec_from_file_location("curve_benchmark", ROOT / "benchmarks" / "curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def curve(benchmark_script):
+    return benchmark_script("curve")
 
 
 def _entry(images: int, fld: float, overrides=()) -> dict:

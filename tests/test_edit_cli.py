@@ -186,15 +186,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(cond_run, p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_editing_benchmark_runs_on_a_tiny_run(cond_run, tmp_path, mnist_lenet):
+def test_the_editing_benchmark_runs_on_a_tiny_run(cond_run, tmp_path, mnist_lenet, benchmark_script):
     """benchmarks/editing.py end to end at N = 4 with a few steps: every section reports, in one JSON."""
-    import importlib.util
-
-    from tests.notebook_runner import ROOT
-
-    spec = importlib.util.spec_from_file_location("editing_benchmark", ROOT / "benchmarks" / "editing.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("editing")
     out = tmp_path / "report.json"
     small = ["--n", "4", "--nll-n", "2", "--steps", "3", "--jump-length", "2", "--resample", "2"]
     small += ["--sdedit-steps", "3", "--strengths", "0.5", "--inversion-steps", "3", "--batch-size", "2"]
