@@ -191,24 +191,29 @@ def test_a_config_file_instead_of_a_preset(tiny_run, tmp_path):
     assert "nll_bits_per_dim" in json.loads((out / "metrics.json").read_text())
 
 
-def test_auto_sampling_keeps_runs_that_name_their_sampler_and_is_provisionally_the_same(
-    tiny_spiral_copy, tmp_path
-):
-    """New runs save sample.sampler = sample.spacing = "auto" (samplers.AUTO by steps); runs from before
-    saved "ddpm" and "uniform" and keep them. The table is provisional and gives exactly that, so the two
-    configs sample bit-identically, all steps or fewer."""
-    from ddpm.samplers import AUTO, auto_sampling
+def test_auto_sampling_follows_the_table_and_runs_that_name_their_sampler_keep_it(tiny_spiral_copy, tmp_path):
+    """New runs save sample.sampler = sample.spacing = "auto": they sample as samplers.AUTO says for their
+    number of steps. Runs from before saved "ddpm" and "uniform" and keep them, whatever the table says."""
+    from ddpm.samplers import auto_sampling
 
-    assert AUTO == ((None, "ddpm", "uniform"),) and auto_sampling(20) == ("ddpm", "uniform")
     config = tiny_spiral_copy / "config.json"
     cfg = json.loads(config.read_text())
     assert (cfg["sample"]["sampler"], cfg["sample"]["spacing"]) == ("auto", "auto")
-    for steps in ([], ["--steps", "6"]):
-        outs = []
-        for sampler, spacing in [("auto", "auto"), ("ddpm", "uniform")]:
-            cfg["sample"].update(sampler=sampler, spacing=spacing)
-            config.write_text(json.dumps(cfg))
-            out = tmp_path / f"{sampler}{len(steps)}.npy"
-            assert main(["sample", str(tiny_spiral_copy), "--n", "50", "--out", str(out), *steps]) == 0
-            outs.append(out.read_bytes())
-        assert outs[0] == outs[1]
+    T = cfg["diffusion"]["T"]
+
+    def draw(saved, flags, name):
+        cfg["sample"].update(sampler=saved[0], spacing=saved[1])
+        config.write_text(json.dumps(cfg))
+        out = tmp_path / f"{name}.npy"
+        assert main(["sample", str(tiny_spiral_copy), "--n", "50", "--out", str(out), *flags]) == 0
+        return out.read_bytes()
+
+    for steps in (T, 6):
+        chosen = auto_sampling(steps)
+        flags = ["--steps", str(steps)]
+        auto = draw(("auto", "auto"), flags, f"auto{steps}")
+        assert auto == draw(
+            ("ddpm", "uniform"), [*flags, "--sampler", chosen[0], "--spacing", chosen[1]], "c"
+        )
+        before = draw(("ddpm", "uniform"), flags, f"before{steps}")
+        assert before == draw(("auto", "auto"), [*flags, "--sampler", "ddpm", "--spacing", "uniform"], "d")

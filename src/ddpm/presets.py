@@ -92,8 +92,8 @@ def _mnist(model: ModelConfig, dataset: str = "mnist", **diffusion) -> Config:
             sample_every=500,
             sample_n=36,
         ),
-        # 100 evenly spaced ancestral steps keep periodic grids affordable on a CPU; `ddpm sample --steps`
-        # chooses per call.
+        # 100 network evaluations keep periodic grids affordable on a CPU, with the sampler and spacing
+        # samplers.AUTO gives for 100; `ddpm sample --steps` chooses per call.
         sample=SampleConfig(steps=100, eval_n=0),
     )
 
