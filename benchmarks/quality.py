@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spacing", help="which steps (default: the run's, as ddpm eval)")
     p.add_argument("--ema-sigma-rel", type=float, help="measure the post-hoc EMA of this length σ_rel")
     p.add_argument("--guidance", type=float)
-    p.add_argument("--skip-train", action="store_true", help="measure the run as it is")
+    p.add_argument(
+        "--skip-train",
+        action="store_true",
+        help="measure the run as it is (reading back a report of the same settings already in RUN/eval)",
+    )
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -63,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cfg = Config.load(args.out / "config.json")
     reference = ReferenceSet.load(run_cfg.data.name, run_cfg.data.root)  # loaded once for the three
+    # a run measured as it is reads back a report already in RUN/eval with the same checkpoint and settings
     common = dict(
         guidance=args.guidance, ema_sigma_rel=args.ema_sigma_rel, progress=True, reference=reference
     )
+    common.update(reuse=args.skip_train)
     fast_sampler = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing)
     main_report = evaluate_run(args.out, n=args.n, **fast_sampler, **common)
     fast = full = None

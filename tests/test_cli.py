@@ -200,6 +200,7 @@ def test_auto_sampling_follows_the_table_and_runs_that_name_their_sampler_keep_i
     cfg = json.loads(config.read_text())
     assert (cfg["sample"]["sampler"], cfg["sample"]["spacing"]) == ("auto", "auto")
     T = cfg["diffusion"]["T"]
+    assert T <= 100 and auto_sampling(T, T) == ("ddpm", "uniform") != auto_sampling(T)  # every step: DDPM
 
     def draw(saved, flags, name):
         cfg["sample"].update(sampler=saved[0], spacing=saved[1])
@@ -209,7 +210,7 @@ def test_auto_sampling_follows_the_table_and_runs_that_name_their_sampler_keep_i
         return out.read_bytes()
 
     for steps in (T, 6):
-        chosen = auto_sampling(steps)
+        chosen = auto_sampling(steps, T)
         flags = ["--steps", str(steps)]
         auto = draw(("auto", "auto"), flags, f"auto{steps}")
         assert auto == draw(

@@ -59,7 +59,8 @@ def _last_json(capsys) -> dict:
 
 def test_eval_of_a_conditional_run_writes_the_report_and_a_grid(runs, capsys):
     run = runs["cond"]
-    assert main(["eval", str(run), "--n", "60", "--steps", "3", "--guidance", "1.5", "--json"]) == 0
+    argv = ["eval", str(run), "--n", "60", "--sampler", "ddpm", "--spacing", "uniform", "--steps", "3"]
+    assert main([*argv, "--guidance", "1.5", "--json"]) == 0
     report = _last_json(capsys)
     assert KEYS | {"precision", "recall", "seconds"} <= set(report)
     assert (report["sampler"], report["steps"], report["guidance"], report["n"]) == ("ddpm", 3, 1.5, 60)
@@ -208,7 +209,10 @@ def test_sweep_reuses_the_points_already_measured_and_only_those(runs, capsys, m
         main(["eval", str(run), "--n", "12", "--sampler", "ddim", "--steps", "4", "--spacing", "trailing"])
         == 0
     )
-    assert main(["eval", str(run), "--n", "12", "--sampler", "ddpm", "--steps", "4"]) == 0
+    assert (
+        main(["eval", str(run), "--n", "12", "--sampler", "ddpm", "--steps", "4", "--spacing", "uniform"])
+        == 0
+    )
     stale = run / "eval" / "ddpm-4-n12-s0.json"
     report = json.loads(stale.read_text())
     stale.write_text(json.dumps(dict(report, checkpoint_step=report["checkpoint_step"] + 1, fld=-1.0)))
@@ -268,6 +272,7 @@ def test_measure_samples_scores_real_digits_near_the_floor_and_refuses_bad_count
 def test_eval_with_heun_churn_names_its_options_and_counts_evaluations(runs, capsys):
     run = runs["uncond"]
     argv = ["eval", str(run), "--n", "20", "--sampler", "heun-churn", "--s-churn", "10", "--steps", "5"]
+    argv += ["--spacing", "uniform"]
     assert main([*argv, "--json"]) == 0
     report = _last_json(capsys)
     assert (report["sampler"], report["steps"], report["nfe"]) == ("heun-churn", 5, 5)  # 3 steps: 2 + 2 + 1

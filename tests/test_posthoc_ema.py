@@ -438,7 +438,8 @@ def test_eval_measures_a_post_hoc_ema_and_names_its_report(tmp_path, mnist_lenet
         == 0
     )
     capsys.readouterr()
-    assert main(["eval", str(out), "--n", "30", "--steps", "2", "--ema-sigma-rel", "0.1", "--json"]) == 0
+    argv = ["eval", str(out), "--n", "30", "--sampler", "ddpm", "--spacing", "uniform", "--steps", "2"]
+    assert main([*argv, "--ema-sigma-rel", "0.1", "--json"]) == 0
     printed = capsys.readouterr().out
     report = json.loads(printed.strip().splitlines()[-1])
     assert "post-hoc EMA σ_rel" in printed

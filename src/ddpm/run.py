@@ -206,11 +206,11 @@ def sampling_config(
 
 def chosen(cfg: Config) -> Config:
     """``cfg`` with a sampler or spacing of "auto" replaced by what :func:`ddpm.samplers.auto_sampling`
-    gives for its number of steps (a copy; ``cfg`` itself when nothing is "auto")."""
+    gives for its number of steps and T (a copy; ``cfg`` itself when nothing is "auto")."""
     sample = cfg.sample
     if AUTO not in (sample.sampler, sample.spacing):
         return cfg
-    sampler, spacing = auto_sampling(sample_steps(cfg))
+    sampler, spacing = auto_sampling(sample_steps(cfg), cfg.diffusion.T)
     cfg = copy.deepcopy(cfg)
     cfg.sample.sampler = sampler if sample.sampler == AUTO else sample.sampler
     cfg.sample.spacing = spacing if sample.spacing == AUTO else sample.spacing

@@ -580,10 +580,15 @@ AUTO: tuple[tuple[int | None, str, str], ...] = (
     (100, "dpmpp2m-sde", "trailing"),
     (None, "ddpm", "uniform"),
 )
+# Every one of the T steps (a small T, such as the spiral's): the sweep's reference, Ho et al.'s Alg. 2.
+EVERY_STEP = ("ddpm", "uniform")
 
 
-def auto_sampling(evaluations: int) -> tuple[str, str]:
-    """The (sampler, spacing) that :data:`AUTO` gives for ``evaluations`` network evaluations a sample."""
+def auto_sampling(evaluations: int, T: int | None = None) -> tuple[str, str]:
+    """The (sampler, spacing) that :data:`AUTO` gives for ``evaluations`` network evaluations a sample;
+    :data:`EVERY_STEP` when they cover all ``T`` steps of the schedule."""
+    if T is not None and evaluations >= T:
+        return EVERY_STEP
     return next((sampler, spacing) for most, sampler, spacing in AUTO if most is None or evaluations <= most)
 
 
