@@ -87,7 +87,7 @@ def mnist_setup(name: str, description: str, preset: str, extra=None):
 
 
 def mnist_config(preset: str, args):
-    """The preset's config with the notebook's flags applied (see ``mnist_flags``); prints what will train."""
+    """The preset's config with the notebook's flags applied (see ``mnist_flags``)."""
     from ddpm.presets import get_preset
 
     cfg = get_preset(preset)
@@ -98,18 +98,19 @@ def mnist_config(preset: str, args):
     cfg.train.log_every = args.log_every
     cfg.train.sample_n = args.samples  # the grid train() draws at the end, in run/samples/
     cfg.sample.steps = args.sample_steps
-    print(
-        f"model {cfg.model.name} {cfg.model.kwargs}, {cfg.diffusion.schedule} schedule, T = {cfg.diffusion.T}"
-    )
-    print(f"training for up to {args.minutes} minutes, at most {cfg.train.max_steps} steps")
     return cfg
 
 
 def train_run(cfg, out: Path, restart: bool) -> Path:
-    """Train (or resume) the run in ``out/run``, plot its loss to ``out/loss.png``; returns the run folder."""
+    """Train (or resume) the run in ``out/run``, plot its loss to ``out/loss.png``; returns the run folder.
+    Says first what it will train (not said when a notebook loads a trained run instead)."""
     from ddpm.plotting import loss_curve
     from ddpm.training import train
 
+    print(
+        f"model {cfg.model.name} {cfg.model.kwargs}, {cfg.diffusion.schedule} schedule, T = {cfg.diffusion.T}"
+    )
+    print(f"training for up to {cfg.train.max_minutes} minutes, at most {cfg.train.max_steps} steps")
     run_dir = out / "run"
     metrics = train(cfg, run_dir, restart=restart)
     print(f"step {metrics['step']}, {metrics['train_seconds']:.0f} s of training in all")
