@@ -67,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cfg = Config.load(args.out / "config.json")
     reference = ReferenceSet.load(run_cfg.data.name, run_cfg.data.root)  # loaded once for the three
-    # a run measured as it is reads back a report already in RUN/eval with the same checkpoint and settings
     common = dict(
-        guidance=args.guidance, ema_sigma_rel=args.ema_sigma_rel, progress=True, reference=reference
+        guidance=args.guidance,
+        ema_sigma_rel=args.ema_sigma_rel,
+        progress=True,
+        reference=reference,
+        reuse=args.skip_train,  # a run measured as it is: a report of the same settings is read back
     )
-    common.update(reuse=args.skip_train)
     fast_sampler = dict(sampler=args.sampler, steps=args.steps, spacing=args.spacing)
     main_report = evaluate_run(args.out, n=args.n, **fast_sampler, **common)
     fast = full = None
