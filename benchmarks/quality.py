@@ -48,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema-sigma-rel", type=float, help="measure the post-hoc EMA of this length σ_rel")
     p.add_argument("--guidance", type=float)
     p.add_argument(
+        "--guide", type=Path, help="autoguidance by this weaker model (a run or checkpoint folder)"
+    )
+    p.add_argument(
+        "--guidance-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide for σ in (LO, HI]"
+    )
+    p.add_argument(
         "--skip-train",
         action="store_true",
         help="measure the run as it is (reading back a report of the same settings already in RUN/eval)",
@@ -67,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run_cfg = Config.load(args.out / "config.json")
     reference = ReferenceSet.load(run_cfg.data.name, run_cfg.data.root)  # loaded once for the three
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
     common = dict(
         guidance=args.guidance,
+        guide=args.guide,
+        guidance_interval=interval,
         ema_sigma_rel=args.ema_sigma_rel,
         progress=True,
         reference=reference,
@@ -99,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         "spacing": main_report["spacing"],  # as resolved (the run's when not given)
         "ema_sigma_rel": args.ema_sigma_rel,
         "guidance": args.guidance,
+        "guide": None if args.guide is None else str(args.guide),
+        "guide_step": main_report.get("guide_step"),
+        "guidance_interval": None if interval is None else list(interval),
+        "nfe": main_report.get("nfe"),
         "at_n": {k: main_report.get(k) for k in keep},
         "fast_at_full_n": fast and {k: fast.get(k) for k in keep},
         "full_ddpm_at_full_n": full and {k: full.get(k) for k in keep},

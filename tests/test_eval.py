@@ -64,6 +64,7 @@ def test_eval_of_a_conditional_run_writes_the_report_and_a_grid(runs, capsys):
     report = _last_json(capsys)
     assert KEYS | {"precision", "recall", "seconds"} <= set(report)
     assert (report["sampler"], report["steps"], report["guidance"], report["n"]) == ("ddpm", 3, 1.5, 60)
+    assert report["network_evaluations"] == 6  # each step's conditional and unconditional passes
     saved = json.loads((run / "eval" / "ddpm-3-n60-g1.5-s0.json").read_text())
     assert saved["fld"] == report["fld"]
     assert Image.open(run / "eval" / "ddpm-3-n60-g1.5-s0.png").size[0] > 28
@@ -91,7 +92,10 @@ def test_eval_is_reproducible_and_prints_a_table(runs, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--guidance", "2"], "guidance needs a class-conditional model"),
+        (["--guidance", "2"], "classifier-free guidance needs a class-conditional model"),
+        (["--guide", "."], "--guide needs --guidance"),
+        (["--guidance", "1", "--guide", "nowhere"], "--guide nowhere: neither a run folder nor"),
+        (["--guidance-interval", "5,1"], "expected 0 ≤ LO < HI"),
         (["--steps", "5000"], "sample.steps (--steps) must lie in 1…T (50), got 5000"),
         (["--n", "1"], "--n must be at least 2"),
         (["--n", "70000"], "the floor needs as many training images"),
@@ -280,3 +284,47 @@ def test_eval_with_heun_churn_names_its_options_and_counts_evaluations(runs, cap
     assert (run / "eval" / "heun-churn-5-churn10-n20-s0.json").is_file()
     assert main(["eval", str(run), "--n", "20", "--sampler", "heun", "--s-churn", "10"]) == 2
     assert "--s-churn 10: only the heun-churn sampler takes S_churn, not heun" in capsys.readouterr().err
+
+
+def test_autoguidance_by_the_run_itself_changes_nothing_and_is_named(runs, capsys):
+    """ε̃ = (1 + w) ε − w ε_bad is ε exactly when the guide is the model: the same samples, the same FLD."""
+    run = runs["uncond"]
+    argv = [
+        "eval",
+        str(run),
+        "--n",
+        "30",
+        "--sampler",
+        "ddpm",
+        "--spacing",
+        "uniform",
+        "--steps",
+        "2",
+        "--json",
+    ]
+    assert main(argv) == 0
+    plain = _last_json(capsys)
+    checkpoint = sorted((run / "checkpoints").iterdir())[-1]
+    assert main([*argv, "--guidance", "2", "--guide", str(checkpoint), "--guidance-interval", "0.5,inf"]) == 0
+    guided = _last_json(capsys)
+    assert guided["fld"] == plain["fld"] and guided["class_histogram"] == plain["class_histogram"]
+    assert plain["network_evaluations"] == 2
+    # σ_t > 0.5 at the first of the two steps (t = 25 of T = 50) and not at the last (t = 0): one more pass
+    assert guided["network_evaluations"] == 3
+    assert (guided["guide"], guided["guide_step"], guided["guidance_interval"]) == (
+        str(checkpoint),
+        2,
+        [0.5, float("inf")],
+    )
+    assert guided["path"].endswith("ddpm-2-n30-g2-guide2-gi0.5-inf-s0.json")
+
+
+def test_a_guide_must_denoise_like_the_run(runs, capsys):
+    before = sorted((runs["uncond"] / "eval").iterdir()) if (runs["uncond"] / "eval").exists() else []
+    argv = ["eval", str(runs["uncond"]), "--n", "30", "--guidance", "1", "--guide", str(runs["cond"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "its classes differ from the run's" in err and len(err.strip().splitlines()) == 1
+    assert (
+        sorted((runs["uncond"] / "eval").iterdir()) if (runs["uncond"] / "eval").exists() else []
+    ) == before

@@ -7,12 +7,14 @@ from ddpm import diffusion
 from ddpm.samplers import (
     SAMPLERS,
     SPACINGS,
+    autoguidance,
     classifier_free_guidance,
     ddim_sample,
     ddpm_sample,
     dpmpp_2m_sample,
     dpmpp_2m_sde_sample,
     full_timesteps,
+    guidance_interval,
     heun_churn_sample,
     heun_sample,
     make_denoiser,
@@ -88,6 +90,43 @@ def test_classifier_free_guidance_is_eq_6_in_one_forward_pass(w):
     assert calls == [12]  # conditional and unconditional halves batched together
     if w == 0:
         assert torch.allclose(got, cond)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.7, 2.0])
+def test_autoguidance_extrapolates_away_from_the_weaker_model(w):
+    x, t = torch.randn(6, 2, dtype=torch.float64), torch.full((6,), 7.0, dtype=torch.float64)
+    good = lambda a, b: torch.tanh(a * 0.5 - 0.01 * b[:, None])  # noqa: E731
+    bad = lambda a, b: 0.8 * torch.tanh(a * 0.4)  # noqa: E731
+    got = autoguidance(good, bad, w)(x, t)
+    assert torch.allclose(got, (1 + w) * good(x, t) - w * bad(x, t), atol=1e-12)
+    assert torch.equal(autoguidance(good, good, w)(x, t), good(x, t))  # a guide equal to the model: no change
+
+
+def test_guidance_interval_guides_only_inside_sigma_lo_sigma_hi():
+    schedule = make_schedule("cosine", 100)
+    sigma = schedule.sqrt_recipm1_alpha_bar
+    lo, hi = float(sigma[30]), float(sigma[70])  # guided at t = 31…70: σ_lo excluded, σ_hi included
+    calls = []
+
+    def guided(x, t):
+        calls.append("guided")
+        return x + 1
+
+    def plain(x, t):
+        calls.append("plain")
+        return x
+
+    fn = guidance_interval(guided, plain, schedule, lo, hi)
+    x = torch.zeros(3, 2)
+    for step, expected in [(30, 0.0), (31, 1.0), (70, 1.0), (71, 0.0), (99, 0.0)]:
+        calls.clear()
+        out = fn(x, torch.full((3,), float(step)))
+        assert torch.equal(out, torch.full_like(x, expected))
+        assert calls == ["guided" if expected else "plain"]  # the other pass is not run
+    mixed = fn(x, torch.tensor([10.0, 50.0, 90.0]))  # one batch across the edges: each row its own
+    assert mixed[:, 0].tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="0 ≤ σ_lo < σ_hi"):
+        guidance_interval(guided, plain, schedule, 2.0, 1.0)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])

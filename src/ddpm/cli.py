@@ -76,7 +76,8 @@ def cmd_sample(args) -> int:
     if label == "all":
         label = run.rows_of_classes(cfg, args.n)
         nrow = args.n // cfg.model.num_classes
-    run.check_labels(cfg, label, args.guidance)
+    guided = run.guidance_of(Path(args.run), cfg, args.guidance, args.guide and Path(args.guide), args.device)
+    run.check_labels(cfg, label, guided.weight, guide=guided.guide is not None)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
     _check_writable(out, (".png", ".npy"), "--out")
     if gif:
@@ -91,7 +92,9 @@ def cmd_sample(args) -> int:
         seed=args.seed,
         label=label,
         callback=frames,
-        guidance=args.guidance,
+        guidance=guided.weight,
+        guide=guided.guide,
+        guidance_interval=_guidance_interval(args),
     ).cpu()
     write_samples(out, x, f"{args.n} samples, step {loaded.step}", nrow=nrow)
     if gif:
@@ -400,7 +403,10 @@ EVAL_ROWS = (
     ("precision", "precision"),
     ("sampler", "sampler"),
     ("steps", "steps"),
+    ("network_evaluations", "network evaluations"),
     ("guidance", "guidance"),
+    ("guide", "guided by"),
+    ("guidance_interval", "guidance interval (σ)"),
     ("ema_sigma_rel", "post-hoc EMA σ_rel"),
     ("ema_profile_error", "its profile's error"),
     ("n", "n"),
@@ -428,6 +434,8 @@ def cmd_eval(args) -> int:
         name=args.name,
         ema_sigma_rel=args.ema_sigma_rel,
         log=lambda message: print(message, file=sys.stderr),
+        guide=Path(args.guide) if args.guide else None,
+        guidance_interval=_guidance_interval(args),
         **_options(args),
     )
     for key, label in EVAL_ROWS:
@@ -559,7 +567,42 @@ def _sampling_flags(p: argparse.ArgumentParser, default_steps: str = "the run's"
     p.add_argument("--s-tmin", type=float, metavar="S", help=f"{churn} 0.01)")
     p.add_argument("--s-tmax", type=float, metavar="S", help=f"{churn} 1)")
     p.add_argument("--s-noise", type=float, metavar="S", help=f"{churn} 1.007)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance weight w (conditional runs)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance weight w: classifier-free (conditional runs; --guide: autoguidance)",
+    )
+
+
+def _guide_flags(p: argparse.ArgumentParser) -> None:
+    """--guide and --guidance-interval, as ddpm sample and ddpm eval have them."""
+    p.add_argument(
+        "--guide",
+        metavar="FOLDER",
+        help="autoguidance (--guidance w, any run): guide away from this weaker model, a run folder or one "
+        "of its checkpoints (RUN/checkpoints/step-N) on the same data and diffusion",
+    )
+    p.add_argument(
+        "--guidance-interval",
+        metavar="LO,HI",
+        help="guide only at noise levels σ_t in (LO, HI] (Kynkäänniemi et al. 2024; default: everywhere)",
+    )
+
+
+def _guidance_interval(args) -> tuple[float, float] | None:
+    """``--guidance-interval LO,HI``: two numbers 0 ≤ LO < HI (HI may be inf), or None when not given."""
+    text = args.guidance_interval
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--guidance-interval {text!r}: expected LO,HI, two numbers such as 0.3,5"
+        ) from None
+    if not 0 <= lo < hi:
+        raise ConfigError(f"--guidance-interval {text!r}: expected 0 ≤ LO < HI")
+    return lo, hi
 
 
 def _weights_flags(p: argparse.ArgumentParser) -> None:
@@ -636,6 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the class to draw (conditional models; needed by --guidance), or all: a grid row per class",
     )
     _sampling_flags(p)
+    _guide_flags(p)
     p.add_argument(
         "--weights",
         choices=("ema", "model"),
@@ -712,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="the run folder (MNIST or Fashion-MNIST)")
     p.add_argument("--n", type=int, default=10_000, help="how many samples (default 10000)")
     _sampling_flags(p)
+    _guide_flags(p)
     p.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
     p.add_argument("--fid", action="store_true", help="also the standard FID on Inception-v3 (slow on a CPU)")
     _ema_flag(p)

@@ -103,6 +103,11 @@ class SampleConfig:
     s_tmax: float | None = None
     s_noise: float | None = None
     eval_n: int = 2000  # samples drawn for the metrics written at the end of training
+    # Autoguidance (Karras et al. 2024) of an unconditional model by its own earlier checkpoint, at the
+    # fraction guide_at of train.max_steps, which training keeps: ε̃ = (1 + w) ε − w ε_guide with
+    # w = autoguidance (0: none; --guidance w per call)
+    autoguidance: float = 0.0
+    guide_at: float | None = None
 
 
 @dataclass
@@ -332,6 +337,8 @@ RULES: dict[str, Range | Rule] = {
     "sample.s_tmax": NON_NEGATIVE,
     "sample.s_noise": Range(0, 2, open_lo=True),  # the paper's lie in 1 … 1.007
     "sample.eval_n": Range(0, 20_000),  # the 2-D metrics take a time quadratic in it
+    "sample.autoguidance": Range(0, 100),
+    "sample.guide_at": Range(0, 1, open_lo=True, open_hi=True),
 }
 
 
@@ -376,4 +383,6 @@ def validate(cfg: Config) -> Config:
     T, steps = cfg.diffusion.T, cfg.sample.steps
     if steps is not None and not 1 <= steps <= T:
         raise ConfigError(f"sample.steps (--steps) must lie in 1…T ({T}), got {steps}")
+    if cfg.sample.autoguidance and cfg.sample.guide_at is None:
+        raise ConfigError("sample.autoguidance needs sample.guide_at, where in training the guide is kept")
     return cfg

@@ -42,6 +42,7 @@ from ddpm.run import (
     check_finite,
     check_labels,
     evaluations,
+    guidance_of,
     is_image,
     load_run,
     sample,
@@ -67,16 +68,21 @@ def eval_name(
     spacing: str = "uniform",
     eta=0.0,
     ema_sigma_rel: float | None = None,
+    guide_step: int | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     **options: float | None,
 ) -> str:
     """The report's file stem, e.g. ``ddpm-100-n10000-s0``, ``ddim-50-eta0.5-trailing-n1000-g2-ema0.1-s0``,
+    ``dpmpp2m-sde-20-trailing-n2000-g1-guide500-gi0.3-5-s0`` (autoguided by step 500, in σ ∈ (0.3, 5]),
     ``heun-churn-19-churn10-n1000-s0``: the options the sampler takes and that are set (η when not 0)."""
     taken = sampler_options(sampler, eta=eta or None, **options)
     e = "".join(f"-{OPTION_TAGS[key]}{value:g}" for key, value in taken.items())
     sp = f"-{spacing}" if spacing != "uniform" else ""
     g = f"-g{guidance:g}" if guidance is not None else ""
     ema = f"-ema{ema_sigma_rel:g}" if ema_sigma_rel is not None else ""
-    return f"{sampler}-{steps}{e}{sp}-n{n}{g}{ema}-s{seed}"
+    guide = f"-guide{guide_step}" if guide_step is not None else ""
+    gi = f"-gi{guidance_interval[0]:g}-{guidance_interval[1]:g}" if guidance_interval is not None else ""
+    return f"{sampler}-{steps}{e}{sp}-n{n}{g}{guide}{gi}{ema}-s{seed}"
 
 
 def check_report_name(name: str) -> str:
@@ -182,6 +188,8 @@ def evaluate_run(
     log=print,
     reference: ReferenceSet | None = None,
     reuse: bool = False,
+    guide: Path | None = None,
+    guidance_interval: tuple[float, float] | None = None,
     **options: float | None,
 ) -> dict:
     """Sample ``n`` images from the run in ``run_dir`` and measure them; returns (and writes) the report.
@@ -189,7 +197,9 @@ def evaluate_run(
     ``options`` are one sampler's (``eta``, ``s_churn``, …; :func:`ddpm.run.sampling_config`).
 
     ``ema_sigma_rel`` samples the post-hoc EMA of that length instead of the run's EMA
-    (:func:`ddpm.run.load_run`). ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves
+    (:func:`ddpm.run.load_run`). ``guide`` (a run or checkpoint folder, :func:`ddpm.run.guidance_of`) makes
+    ``guidance`` autoguidance by that weaker model; ``guidance_interval`` = (σ_lo, σ_hi] limits guidance to
+    those noise levels. ``reference`` (the run's dataset, from :meth:`ReferenceSet.load`) saves
     reloading it when one run is measured many times. ``reuse`` returns the report already in ``RUN/eval``
     under the same name instead, when it measured the same checkpoint with the same settings (how an
     interrupted sweep resumes)."""
@@ -201,7 +211,9 @@ def evaluate_run(
     cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, **options)
     num_classes = cfg.model.num_classes
     requested = torch.arange(n) % num_classes if num_classes else None
-    check_labels(cfg, requested, guidance)
+    guided = guidance_of(run_dir, cfg, guidance, guide, device)
+    guidance, guide_model, guide_step = guided.weight, guided.guide, guided.step
+    check_labels(cfg, requested, guidance, guide=guide_model is not None)
     if batch_size is None:  # smaller batches sample faster on a CPU (docs/results.md)
         batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
     steps = sample_steps(cfg)
@@ -215,6 +227,8 @@ def evaluate_run(
         seed,
         cfg.sample.spacing,
         ema_sigma_rel=ema_sigma_rel,
+        guide_step=guide_step,
+        guidance_interval=guidance_interval,
         **chosen,
     )
     settings = {
@@ -226,6 +240,9 @@ def evaluate_run(
         "options": {key: value for key, value in taken.items() if key != "eta"} or None,
         "guidance": guidance,
         "ema_sigma_rel": ema_sigma_rel,
+        "guide": None if guided.folder is None else str(guided.folder),
+        "guide_step": guide_step,
+        "guidance_interval": None if guidance_interval is None else list(guidance_interval),
     }
     out = run_dir / EVAL_DIR
     if reuse:
@@ -238,6 +255,12 @@ def evaluate_run(
         reference = ReferenceSet.load(dataset, cfg.data.root, progress=progress, log=log)
     reference.check(n)
     t_sample = time.perf_counter()
+    rows = [0]  # every image any network saw: guidance's second passes count too
+
+    def count(module, inputs, output):
+        rows[0] += len(inputs[0])
+
+    hooks = [m.register_forward_hook(count) for m in (loaded.model, guide_model) if m is not None]
     x = sample(
         cfg,
         loaded.model,
@@ -248,7 +271,11 @@ def evaluate_run(
         guidance=guidance,
         batch_size=batch_size,
         progress=progress,
+        guide=guide_model,
+        guidance_interval=guidance_interval,
     )
+    for hook in hooks:
+        hook.remove()
     sample_seconds = time.perf_counter() - t_sample
     x = quantize(check_finite(x.float().cpu()))
     report = {"run": str(run_dir), "checkpoint_step": loaded.step}
@@ -260,6 +287,7 @@ def evaluate_run(
         ema_profile_error=loaded.posthoc.profile_error if loaded.posthoc else None,
         n=n,
         seed=seed,
+        network_evaluations=rows[0] / n,  # per sample, as run: nfe, plus each guided step's second pass
         lenet_test_accuracy=reference.classifier.test_accuracy,
         sample_seconds=sample_seconds,
         sample_images_per_s=n / sample_seconds,

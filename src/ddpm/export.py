@@ -25,7 +25,7 @@ from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
 from ddpm.evaluate import EVAL_DIR
 from ddpm.fileio import fsync_dir, write_synced
-from ddpm.run import CONFIG_FILE, EXPORT_FILE, RunError, is_export, load_run
+from ddpm.run import CONFIG_FILE, EXPORT_FILE, RunError, guidance_of, is_export, load_run
 
 METRICS_FILE = "metrics.json"  # the final metrics of training, a report worth keeping beside the weights
 STATE_KEYS = ("step", "images_seen", "train_seconds", "world_size")  # what the exported state.json keeps
@@ -63,6 +63,12 @@ def machine_free(cfg):
     return cfg, changes
 
 
+def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors rounded to fp16: how an export keeps autoguidance's guide, at half the size.
+    The guide only steers (its output enters as w (ε − ε_guide)), and loading casts it back to fp32."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
 def export_run(run_dir: Path, out: Path) -> Export:
     """Write the export of the run in ``run_dir`` to the new or empty folder ``out`` (see the module's
     docstring). Refused, with nothing written: a folder that is not a run or is an export, a checkpoint
@@ -78,6 +84,7 @@ def export_run(run_dir: Path, out: Path) -> Export:
     ema = ckpt.load_tensors(latest / "ema.safetensors")
     state = ckpt.load_state(latest)
     cfg, changes = machine_free(loaded.cfg)
+    guide = guidance_of(run_dir, loaded.cfg, None, device="cpu").folder  # checked like the weights
     provenance = {
         "exported_from": str(run_dir),
         "checkpoint": latest.name,
@@ -101,6 +108,11 @@ def export_run(run_dir: Path, out: Path) -> Export:
         ckpt.save_step_folder(
             tmp / "checkpoints", state["step"], {"ema": ema}, {k: state[k] for k in STATE_KEYS if k in state}
         )
+        if guide is not None:  # autoguidance's checkpoint (sample.guide_at): its EMA weights, in fp16
+            guide_state = ckpt.load_state(guide)
+            guide_ema = {"ema": half(ckpt.load_tensors(guide / "ema.safetensors"))}
+            guide_state = {k: guide_state[k] for k in STATE_KEYS if k in guide_state}
+            ckpt.save_step_folder(tmp / "checkpoints", guide_state["step"], guide_ema, guide_state)
         write_synced(tmp / CONFIG_FILE, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
         write_synced(tmp / EXPORT_FILE, (json.dumps(provenance, indent=2) + "\n").encode())
         for source in copies:

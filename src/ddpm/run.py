@@ -30,8 +30,10 @@ from ddpm.samplers import (
     SPACINGS,
     Denoiser,
     auto_sampling,
+    autoguidance,
     classifier_free_guidance,
     get_sampler,
+    guidance_interval,
     make_denoiser,
     make_timesteps,
     network_evaluations,
@@ -240,15 +242,23 @@ def sample_timesteps(cfg: Config, schedule: Schedule) -> list[int] | None:
     return None if n == schedule.T else make_timesteps(schedule, n, chosen(cfg).sample.spacing)
 
 
-def check_labels(cfg: Config, label: int | torch.Tensor | None, guidance: float | None = None) -> None:
+def check_labels(
+    cfg: Config, label: int | torch.Tensor | None, guidance: float | None = None, guide: bool = False
+) -> None:
     """The one rule for labels and guidance: labels only for a class-conditional model and within its
-    classes; guidance only for such a model, towards given labels."""
+    classes; classifier-free guidance only for such a model, towards given labels; autoguidance (``guide``:
+    a weaker model guides) for any model, and only with a weight."""
     k = cfg.model.num_classes
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise RunError(f"--guidance {guidance}: the weight w must be a finite number ≥ 0 (0: no guidance)")
-    if guidance is not None and k is None:
-        raise RunError("guidance needs a class-conditional model (model.kwargs.num_classes)")
-    if guidance and label is None:
+    if guide and guidance is None:
+        raise RunError("--guide needs --guidance, the weight w of the autoguidance")
+    if guidance is not None and k is None and not guide:
+        raise RunError(
+            "classifier-free guidance needs a class-conditional model (model.kwargs.num_classes); "
+            "an unconditional one is guided by a weaker model of its own (--guide)"
+        )
+    if guidance and label is None and not guide:
         raise RunError("guidance needs labels to guide towards (--label)")
     if label is None:
         return
@@ -306,15 +316,27 @@ class ReverseFrames:
 
 
 def run_denoiser(
-    cfg: Config, model: nn.Module, schedule: Schedule, y: torch.Tensor | None = None, guidance=None
+    cfg: Config,
+    model: nn.Module,
+    schedule: Schedule,
+    y: torch.Tensor | None = None,
+    guidance=None,
+    guide: nn.Module | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> Denoiser:
     """The run's network as the samplers' ``denoise(x_t, t) -> (x̂_0, ε̂)``: its prediction and clipping,
-    conditioned on labels ``y`` (conditional models; None: no label), guided by weight ``guidance``
-    (classifier-free guidance; 0 or None: none). Check labels and guidance first (:func:`check_labels`)."""
-    if guidance:
+    conditioned on labels ``y`` (conditional models; None: no label), guided by weight ``guidance`` (0 or
+    None: none) away from the unconditional pass (classifier-free guidance) or, given a ``guide`` network
+    (:func:`guidance_of`), away from that weaker model (autoguidance), only at noise levels σ in ``interval``
+    = (σ_lo, σ_hi] when given. Check labels and guidance first (:func:`check_labels`)."""
+    plain = lambda x, t: model(x, t, y)  # noqa: E731
+    model_fn = plain
+    if guidance and guide is not None:
+        model_fn = autoguidance(plain, lambda x, t: guide(x, t, y), guidance)
+    elif guidance:
         model_fn = classifier_free_guidance(model, y, cfg.model.num_classes, guidance)
-    else:
-        model_fn = lambda x, t: model(x, t, y)  # noqa: E731
+    if guidance and interval is not None:
+        model_fn = guidance_interval(model_fn, plain, schedule, *interval)
     return make_denoiser(model_fn, schedule, cfg.diffusion.prediction, cfg.diffusion.clip_x0)
 
 
@@ -330,15 +352,19 @@ def sample(
     batch_size: int = 4096,
     guidance: float | None = None,
     progress: bool = True,
+    guide: nn.Module | None = None,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` samples with the run's sampling settings (:func:`sampling_config`), in batches.
 
     ``label`` picks the class of conditional models: one int for all samples, or a tensor of ``n`` labels.
-    ``guidance`` is the classifier-free guidance weight w (conditional models; 0 or None: none).
+    ``guidance`` is the guidance weight w (0 or None: none): classifier-free guidance of a conditional
+    model, or autoguidance by the weaker network ``guide``, in the σ interval ``guidance_interval`` when
+    given (:func:`run_denoiser`).
     ``callback(i, t, x, x̂_0)`` sees every step of the first batch (:class:`ReverseFrames`). A progress bar
     appears on stderr once sampling has taken more than 2 s, unless ``progress`` is false.
     """
-    check_labels(cfg, label, guidance)
+    check_labels(cfg, label, guidance, guide=guide is not None)
     cfg = chosen(cfg)
     device = next(model.parameters()).device
     labels = None
@@ -363,7 +389,7 @@ def sample(
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         y = None if labels is None else labels[start : start + b]
-        denoise = run_denoiser(cfg, model, schedule, y, guidance)
+        denoise = run_denoiser(cfg, model, schedule, y, guidance, guide, guidance_interval)
 
         def step_callback(i, t, x, x0, first=start == 0, b=b):
             bar.update(b)
@@ -439,3 +465,91 @@ def load_run(
         loaded = LoadedRun(cfg, model, build_schedule(cfg), ckpt.load_state(latest)["step"], latest)
     loaded.model, loaded.schedule = model.to(dev).eval(), loaded.schedule.to(dev)
     return loaded
+
+
+def _guide_network(path: Path, cfg: Config, device: str | None = None) -> tuple[nn.Module, Path, int]:
+    """The weaker network of autoguidance, the folder and the step of its weights: the EMA weights of a
+    checkpoint folder (``RUN/checkpoints/step-N``, say an early checkpoint of the run itself) or of a run
+    folder's latest checkpoint. It must denoise the same data on the same diffusion as ``cfg``'s run: the
+    same data set, classes, schedule, T and prediction."""
+    path = Path(path)
+    if (
+        path.parent.name == ckpt.checkpoint_dir(path.parent.parent).name
+        and (path / "ema.safetensors").is_file()
+    ):
+        run_dir, folder = path.parent.parent, path
+    elif (path / CONFIG_FILE).is_file():
+        run_dir, folder = path, ckpt.latest_checkpoint(path)
+        if folder is None:
+            raise RunError(f"--guide {path}: has no checkpoint yet")
+    else:
+        raise RunError(
+            f"--guide {path}: neither a run folder nor one of its checkpoints (RUN/checkpoints/step-N)"
+        )
+    guide_cfg = load_config(run_dir / CONFIG_FILE)
+    d, g = cfg.diffusion, guide_cfg.diffusion
+    same = {
+        "data": (cfg.data.name, sample_shape(cfg.data))
+        == (guide_cfg.data.name, sample_shape(guide_cfg.data)),
+        "classes": cfg.model.num_classes == guide_cfg.model.num_classes,
+        "diffusion": (d.schedule, d.T, d.zero_terminal_snr, d.prediction)
+        == (g.schedule, g.T, g.zero_terminal_snr, g.prediction),
+    }
+    for what, ok in same.items():
+        if not ok:
+            raise RunError(
+                f"--guide {path}: its {what} differ from the run's; a guide must denoise the same way"
+            )
+    model = make_model(guide_cfg, source=f"{run_dir}/{CONFIG_FILE}: ")
+    weights = folder / "ema.safetensors"
+    ckpt.load_into(model, ckpt.load_tensors(weights), weights)
+    dev = resolve_device(device or cfg.train.device)
+    return model.to(dev).eval(), folder, int(ckpt.load_state(folder)["step"])
+
+
+def own_guide_step(cfg: Config) -> int | None:
+    """The step of the run's own guide for autoguidance: the fraction ``sample.guide_at`` of
+    ``train.max_steps``, at least step 1 (None: the run has none). Training keeps its checkpoint."""
+    if cfg.sample.guide_at is None:
+        return None
+    return max(1, round(cfg.sample.guide_at * cfg.train.max_steps))
+
+
+@dataclass
+class Guidance:
+    """How a sampling call is guided: the weight w (None or 0: not at all), and for autoguidance the weaker
+    network, the folder it came from and the step of its weights."""
+
+    weight: float | None = None
+    guide: nn.Module | None = None
+    folder: Path | None = None
+    step: int | None = None
+
+
+def guidance_of(
+    run_dir: Path, cfg: Config, guidance: float | None, guide: Path | None = None, device: str | None = None
+) -> Guidance:
+    """The guidance a sampling call of the run gets.
+
+    ``guide`` given: autoguidance by that folder (a run, or one of its checkpoints) with weight
+    ``guidance``. Otherwise an unconditional run whose config names its own guide (``sample.guide_at``:
+    :func:`own_guide_step`) is autoguided by that checkpoint, with weight ``guidance`` when given (0: none)
+    or else ``sample.autoguidance``. Otherwise ``guidance`` is classifier-free guidance's weight, or None."""
+    step = own_guide_step(cfg)
+    if guide is None and step is not None and cfg.model.num_classes is None:
+        w = cfg.sample.autoguidance if guidance is None else guidance
+        if not w:
+            return Guidance(None)  # --guidance 0: the run's own guide is off
+        guide = ckpt.checkpoint_dir(run_dir) / f"{ckpt.PREFIX}{step:08d}"
+        if not (guide / "ema.safetensors").is_file():
+            raise RunError(
+                f"{run_dir}: its guide, the checkpoint of step {step} (sample.guide_at "
+                f"{cfg.sample.guide_at:g} of {cfg.train.max_steps} steps), is missing; --guidance 0 samples "
+                "without it"
+            )
+        guidance = w
+    if guide is None:
+        return Guidance(guidance)
+    if guidance is None:
+        raise RunError("--guide needs --guidance, the weight w of the autoguidance")
+    return Guidance(guidance, *_guide_network(Path(guide), cfg, device))

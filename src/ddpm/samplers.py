@@ -82,6 +82,53 @@ def classifier_free_guidance(
     return guided
 
 
+def autoguidance(
+    model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    guide_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    guidance: float,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself", sec. 3):
+    ε̃ = (1 + w) ε(x_t) − w ε_bad(x_t).
+
+    Classifier-free guidance's rule with the unconditional pass replaced by ``guide_fn``, a weaker version
+    of the same model (trained for fewer steps, or smaller), so that it also guides unconditional models.
+    The paper's weight is our w + 1. Both networks must output the same quantity on the same schedule.
+    """
+
+    def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        good = model_fn(x_t, t)
+        return good + guidance * (good - guide_fn(x_t, t))
+
+    return guided
+
+
+def guidance_interval(
+    guided_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    plain_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule: Schedule,
+    sigma_lo: float,
+    sigma_hi: float,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Guidance in a limited interval (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval…",
+    sec. 3): the guided output where the step's noise level σ_t (:func:`ddpm.diffusion.edm_sigma`) lies in
+    (σ_lo, σ_hi], the plain one elsewhere; outside the interval the guide's pass is not run at all."""
+    if not 0 <= sigma_lo < sigma_hi:
+        raise ValueError(f"a guidance interval is 0 ≤ σ_lo < σ_hi; got ({sigma_lo:g}, {sigma_hi:g}]")
+    sigma = edm_sigma(schedule)
+
+    def fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = sigma.to(t.device)[t.long()]
+        inside = (s > sigma_lo) & (s <= sigma_hi)
+        if bool(inside.all()):
+            return guided_fn(x_t, t)
+        if not bool(inside.any()):
+            return plain_fn(x_t, t)
+        mask = inside.view(-1, *([1] * (x_t.ndim - 1)))
+        return torch.where(mask, guided_fn(x_t, t), plain_fn(x_t, t))
+
+    return fn
+
+
 # --- Which steps to visit ---------------------------------------------------------------------------------
 
 SPACINGS = ("uniform", "trailing", "quadratic", "logsnr")

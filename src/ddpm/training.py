@@ -39,6 +39,7 @@ from ddpm.run import (
     is_export,
     load_config,
     make_model,
+    own_guide_step,
     sample,
     sample_steps,
 )
@@ -297,8 +298,19 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
                     _save_samples(out, data, x, step)
 
                 loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
+                guide = [] if own_guide_step(cfg) is None else [own_guide_step(cfg)]  # autoguidance's
                 trainer = Trainer(
-                    model, loss_fn, data.x, data.y, cfg.train, out, cfg.seed, on_sample, *group, log=log
+                    model,
+                    loss_fn,
+                    data.x,
+                    data.y,
+                    cfg.train,
+                    out,
+                    cfg.seed,
+                    on_sample,
+                    *group,
+                    log=log,
+                    keep_steps=guide,
                 )
                 if latest is not None:
                     trainer.resume(latest)

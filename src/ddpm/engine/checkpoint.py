@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 import safetensors.torch
@@ -139,10 +140,15 @@ def check_sums(folder: Path) -> list[str]:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict, keep: int = 2
+    run_dir: Path,
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict,
+    keep: int = 2,
+    keep_steps: Collection[int] = (),
 ) -> Path:
     """Write ``{name}.safetensors`` per entry of ``tensors``, ``state.json`` and ``SHA256SUMS``; keep the last
-    ``keep`` checkpoints.
+    ``keep`` checkpoints, and those of ``keep_steps`` for good.
 
     Raises:
         CheckpointWriteError: the write failed (full disk, read-only folder); its partial files are
@@ -156,7 +162,8 @@ def save_checkpoint(
             f"could not write checkpoint {root / f'{PREFIX}{step:08d}'}: {e.strerror or e}; {kept(run_dir)}"
         ) from e
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if int(old.name[len(PREFIX) :]) not in keep_steps:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -20,7 +20,7 @@ import enum
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -88,8 +88,10 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         log: Callable[[str], None] = print,
+        keep_steps: Collection[int] = (),
     ):
         self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
+        self.keep_steps = frozenset(keep_steps)  # steps whose checkpoint is written and never pruned
         self.rank, self.world, self.log = rank, world, log
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -144,7 +146,10 @@ class Trainer:
         if self.posthoc is not None:  # the running power EMAs, so that a resumed run continues them
             state["posthoc_ema"] = list(self.posthoc.sigma_rels)
             tensors.update(self.posthoc.tensors())
-        return ckpt.save_checkpoint(self.run_dir, self.step, tensors, state, keep=self.cfg.keep_checkpoints)
+        keep = self.cfg.keep_checkpoints
+        return ckpt.save_checkpoint(
+            self.run_dir, self.step, tensors, state, keep=keep, keep_steps=self.keep_steps
+        )
 
     def _check_finite(self) -> None:
         """Refuse to write weights that are no longer finite: the loss diverged since the last log line, and
@@ -394,7 +399,7 @@ class Trainer:
                         snapshot_due = self.step % cfg.posthoc_every == 0 or self.step == cfg.max_steps
                         if self.posthoc is not None and snapshot_due:
                             self.save_snapshot()
-                        due = self.step % cfg.checkpoint_every == 0
+                        due = self.step % cfg.checkpoint_every == 0 or self.step in self.keep_steps
                         if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                             last_ckpt = time.monotonic()
                             if self.rank == 0 and not self.lines_above:  # never a diverging state
