@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         "sampler_steps": args.steps,
         "spacing": main_report["spacing"],  # as resolved (the run's when not given)
         "ema_sigma_rel": args.ema_sigma_rel,
-        "guidance": args.guidance,
-        "guide": None if args.guide is None else str(args.guide),
+        # as resolved: a run with its own guide (sample.guide_at) is autoguided without --guidance
+        "guidance": main_report.get("guidance"),
+        "guide": main_report.get("guide"),
         "guide_step": main_report.get("guide_step"),
-        "guidance_interval": None if interval is None else list(interval),
-        "nfe": main_report.get("nfe"),
+        "guidance_interval": main_report.get("guidance_interval"),
+        "network_evaluations": main_report.get("network_evaluations"),
         "at_n": {k: main_report.get(k) for k in keep},
         "fast_at_full_n": fast and {k: fast.get(k) for k in keep},
         "full_ddpm_at_full_n": full and {k: full.get(k) for k in keep},

@@ -48,7 +48,7 @@ def test_training_keeps_the_guides_checkpoint_beside_the_last(guided_run):
 def test_eval_is_autoguided_by_default_and_guidance_0_turns_it_off(guided_run, capsys):
     guided = _report(capsys, guided_run, "--name", "guided")
     assert (guided["guidance"], guided["guide_step"], guided["checkpoint_step"]) == (1.5, 2, 4)
-    assert guided["guide"] == str(guided_run / "checkpoints" / "step-00000002")
+    assert guided["guide"] == "checkpoints/step-00000002"  # the run's own: named within it
     assert guided["network_evaluations"] == 4  # two steps, each with the guide's pass
     plain = _report(capsys, guided_run, "--guidance", "0", "--name", "plain")
     assert plain["guide_step"] is None and plain["network_evaluations"] == 2

@@ -312,7 +312,7 @@ def test_autoguidance_by_the_run_itself_changes_nothing_and_is_named(runs, capsy
     # σ_t > 0.5 at the first of the two steps (t = 25 of T = 50) and not at the last (t = 0): one more pass
     assert guided["network_evaluations"] == 3
     assert (guided["guide"], guided["guide_step"], guided["guidance_interval"]) == (
-        str(checkpoint),
+        "checkpoints/step-00000002",
         2,
         [0.5, float("inf")],
     )

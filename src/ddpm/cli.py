@@ -97,6 +97,8 @@ def cmd_sample(args) -> int:
         guidance_interval=_guidance_interval(args),
     ).cpu()
     write_samples(out, x, f"{args.n} samples, step {loaded.step}", nrow=nrow)
+    if guided.guide is not None:
+        print(f"autoguided by {guided.folder} (w = {guided.weight:g}; --guidance 0 samples without it)")
     if gif:
         if image:
             plotting.grid_gif(gif, frames.states)

@@ -85,6 +85,15 @@ def eval_name(
     return f"{sampler}-{steps}{e}{sp}-n{n}{g}{guide}{gi}{ema}-s{seed}"
 
 
+def guide_name(run_dir: Path, folder: Path | None) -> str | None:
+    """How a report names autoguidance's guide: relative to the run when it is one of the run's own
+    checkpoints (so the report stays true when the folder moves or is exported), else its absolute path."""
+    if folder is None:
+        return None
+    folder, run_dir = Path(folder).resolve(), Path(run_dir).resolve()
+    return str(folder.relative_to(run_dir) if folder.is_relative_to(run_dir) else folder)
+
+
 def check_report_name(name: str) -> str:
     """A report name given by the user stays a file name inside ``RUN/eval``: no path separator, no ``..``."""
     if "/" in name or "\\" in name or ".." in name:
@@ -240,7 +249,7 @@ def evaluate_run(
         "options": {key: value for key, value in taken.items() if key != "eta"} or None,
         "guidance": guidance,
         "ema_sigma_rel": ema_sigma_rel,
-        "guide": None if guided.folder is None else str(guided.folder),
+        "guide": guide_name(run_dir, guided.folder),
         "guide_step": guide_step,
         "guidance_interval": None if guidance_interval is None else list(guidance_interval),
     }
