@@ -92,6 +92,7 @@ def test_info_reports_the_checkpoint_when_metrics_json_is_damaged(tiny_run, tmp_
             ["train", "spiral", "--out", "{tmp}/r", "--set", "model.kwargs.widht=3"],
             "unexpected keyword argument",
         ),
+        (["train", "spiral", "--out", "{tmp}/r", "--fit-horizon"], "fit_horizon needs train.max_minutes"),
         (["sample", "{tmp}", "--out", "{tmp}/x.png"], "not a run folder"),
     ],
 )

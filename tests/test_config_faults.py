@@ -97,6 +97,7 @@ def test_every_value_has_a_rule():
         "diffusion.zero_terminal_snr",
         "train.ema_warmup",
         "train.channels_last",
+        "train.fit_horizon",
         "sample.sampler",
         "sample.spacing",
         "sample.steps",

@@ -4,13 +4,15 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import torch
 
 from ddpm import run, training
-from ddpm.config import TrainConfig, apply_overrides
+from ddpm.config import ConfigError, TrainConfig, apply_overrides, validate
 from ddpm.engine import checkpoint as ckpt
+from ddpm.engine import trainer as trainer_module
 from ddpm.engine.ema import EMA
 from ddpm.engine.randomness import BatchOrder
 from ddpm.engine.trainer import Trainer, lr_at
@@ -135,6 +137,48 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     rows = (tmp_path / "b" / "metrics.csv").read_text().splitlines()
     steps = [int(r.split(",")[0]) for r in rows[1:]]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+class Clock:
+    """Time as the trainer sees it (``monotonic``), advanced by the test; ``perf_counter`` stays real."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = staticmethod(time.perf_counter)
+
+
+def test_fit_horizon_ends_the_schedule_inside_the_budget(tmp_path, monkeypatch):
+    """train.fit_horizon: once 20 steps after the first are timed, max_steps falls to the steps the rest of
+    the budget fits (97 % of it), config.json says so, and the kept fraction of training follows it."""
+    clock = Clock()
+    monkeypatch.setattr(trainer_module, "time", clock)
+    original = Trainer.train_step
+
+    def one_second(self):  # every step takes one second of the trainer's clock
+        clock.now += 1.0
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", one_second)
+    extra = ["train.max_minutes=2", "train.fit_horizon=true", "sample.guide_at=0.5"]
+    extra += ["train.keep_checkpoints=1"]
+    done = training.train(tiny_cfg(100_000, extra), tmp_path / "a", log=lambda *_: None)
+    # at step 21, 99 s of the 120 are left at 1 s a step: 21 + int(0.97 × 99) = 117
+    assert done["step"] == 117
+    assert run.load_config(tmp_path / "a" / "config.json").train.max_steps == 117
+    kept = [p.name for p in ckpt.list_checkpoints(tmp_path / "a")]
+    assert kept == [f"step-{ckpt.step_at(0.5, 117):08d}", "step-00000117"]  # the guide of the fitted horizon
+    train = run.load_config(tmp_path / "a" / "config.json").train
+    assert lr_at(116, train) == pytest.approx(train.lr * train.min_lr_ratio, rel=0.01)  # the last step's
+
+    clock.now = 0.0  # a horizon the budget fits is left as it is: fitting never lengthens a run
+    done = training.train(tiny_cfg(50, extra), tmp_path / "b", log=lambda *_: None)
+    assert done["step"] == 50 and run.load_config(tmp_path / "b" / "config.json").train.max_steps == 50
+    with pytest.raises(ConfigError, match="train.fit_horizon needs train.max_minutes"):
+        validate(tiny_cfg(10, ["train.fit_horizon=true"]))
 
 
 def test_run_folder_is_complete_and_loadable(tmp_path):

@@ -116,7 +116,10 @@ def test_features_and_predictions(trained, mnist):
     x_test, y_test = mnist[2], mnist[3]
     features = lenet_features(model, x_test, batch_size=300)
     assert features.dtype == np.float64 and features.shape == (N_TEST, 84)
-    np.testing.assert_allclose(features[:5], model.features(x_test[:5]).detach().double().numpy(), rtol=1e-6)
+    # fp32 convolutions may add in another order for another batch size (seen on an AVX-512 CPU: 1e-5
+    # relative, 1e-6 absolute), so the batched features agree to float32 rounding, not bit for bit
+    direct = model.features(x_test[:5]).detach().double().numpy()
+    np.testing.assert_allclose(features[:5], direct, rtol=1e-5, atol=1e-5)
     predicted = lenet_predict(model, x_test, batch_size=700)
     assert predicted.dtype == np.int64 and predicted.shape == (N_TEST,)
     assert np.mean(predicted == y_test.numpy()) == pytest.approx(accuracy)

@@ -43,6 +43,8 @@ def _config_from_args(args) -> Config:
         cfg.train.max_steps = args.max_steps
     if args.max_minutes is not None:
         cfg.train.max_minutes = args.max_minutes
+    if args.fit_horizon:
+        cfg.train.fit_horizon = True
     return cfg
 
 
@@ -659,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-steps", type=int, help="train until this step (also the learning-rate horizon)")
     p.add_argument("--max-minutes", type=float, help="wall-clock budget of this invocation")
+    p.add_argument(
+        "--fit-horizon",
+        action="store_true",
+        help="with --max-minutes: once the first steps are timed, end the learning-rate schedule (lower "
+        "max_steps) where the budget runs out on this machine (train.fit_horizon)",
+    )
     p.add_argument(
         "--restart",
         action="store_true",

@@ -72,6 +72,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.05  # the cosine decay ends at lr × min_lr_ratio
     max_steps: int = 10_000  # stop (and the cosine horizon)
     max_minutes: float | None = None  # wall-clock budget of one invocation
+    # With max_minutes: once the first steps of an invocation are timed, lower max_steps (the cosine horizon)
+    # to the steps the rest of the budget fits, so that the schedule ends inside it on any machine
+    fit_horizon: bool = False
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     ema_decay: float = 0.999
@@ -383,6 +386,8 @@ def validate(cfg: Config) -> Config:
     T, steps = cfg.diffusion.T, cfg.sample.steps
     if steps is not None and not 1 <= steps <= T:
         raise ConfigError(f"sample.steps (--steps) must lie in 1…T ({T}), got {steps}")
+    if cfg.train.fit_horizon and cfg.train.max_minutes is None:
+        raise ConfigError("train.fit_horizon needs train.max_minutes (--max-minutes), the budget to fit")
     if cfg.sample.autoguidance and cfg.sample.guide_at is None:
         raise ConfigError("sample.autoguidance needs sample.guide_at, where in training the guide is kept")
     return cfg

@@ -512,7 +512,7 @@ def own_guide_step(cfg: Config) -> int | None:
     ``train.max_steps``, at least step 1 (None: the run has none). Training keeps its checkpoint."""
     if cfg.sample.guide_at is None:
         return None
-    return max(1, round(cfg.sample.guide_at * cfg.train.max_steps))
+    return ckpt.step_at(cfg.sample.guide_at, cfg.train.max_steps)
 
 
 @dataclass

@@ -39,7 +39,6 @@ from ddpm.run import (
     is_export,
     load_config,
     make_model,
-    own_guide_step,
     sample,
     sample_steps,
 )
@@ -78,7 +77,9 @@ def make_loss_fn(cfg: Config, schedule: Schedule, num_classes: int | None):
 
 MARKER = ".ddpm-run"  # written beside the first config.json: this folder is a ddpm run
 LOCK = ".ddpm-lock"  # flocked by the one process writing the run; holds its PID while it does
-BUDGETS = ("train.max_steps", "train.max_minutes")  # the only settings a resumed run takes from the command
+# The only settings a resumed run takes from the command: how long it trains, and whether its horizon is
+# fitted to the time
+BUDGETS = ("train.max_steps", "train.max_minutes", "train.fit_horizon")
 
 # Everything ``ddpm train`` writes in a run besides config.json and the two files above, as regular
 # expressions of paths relative to the run: what --restart removes (and a start with no checkpoint to go
@@ -298,7 +299,6 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
                     _save_samples(out, data, x, step)
 
                 loss_fn = make_loss_fn(cfg, schedule, data.num_classes)
-                guide = [] if own_guide_step(cfg) is None else [own_guide_step(cfg)]  # autoguidance's
                 trainer = Trainer(
                     model,
                     loss_fn,
@@ -310,7 +310,8 @@ def train(cfg: Config, out: Path, restart: bool = False, log=print) -> dict | No
                     on_sample,
                     *group,
                     log=log,
-                    keep_steps=guide,
+                    keep_at=[] if cfg.sample.guide_at is None else [cfg.sample.guide_at],  # autoguidance's
+                    on_horizon=lambda max_steps: cfg.save(out / CONFIG_FILE),  # train.fit_horizon's fit
                 )
                 if latest is not None:
                     trainer.resume(latest)

@@ -43,6 +43,12 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def step_at(fraction: float, max_steps: int) -> int:
+    """The step at ``fraction`` of a horizon of ``max_steps`` steps (at least step 1): the checkpoint a
+    fraction of training names, for training that keeps it and for sampling that loads it."""
+    return max(1, round(fraction * max_steps))
+
+
 def list_step_folders(root: Path) -> list[Path]:
     """The complete ``step-NNNNNNNN`` folders under ``root``, oldest first (temporary folders of interrupted
     writes are ignored)."""

@@ -46,6 +46,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+# train.fit_horizon: the steps of an invocation timed (after its first, which pays for warming up) before
+# max_steps is fitted to the rest of the budget, and the share of that rest the fitted steps may take
+# (checkpoints and sample grids on the way take the remainder).
+FIT_AFTER_STEPS = 20
+FIT_MARGIN = 0.97
+
+
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None, BatchDraws], torch.Tensor]
 
 
@@ -88,10 +95,13 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         log: Callable[[str], None] = print,
-        keep_steps: Collection[int] = (),
+        keep_at: Collection[float] = (),
+        on_horizon: Callable[[int], None] | None = None,
     ):
         self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
-        self.keep_steps = frozenset(keep_steps)  # steps whose checkpoint is written and never pruned
+        # fractions of max_steps whose checkpoints are written and never pruned (they follow a fitted horizon)
+        self.keep_at = tuple(keep_at)
+        self.on_horizon = on_horizon  # told max_steps when train.fit_horizon changes it (rank 0)
         self.rank, self.world, self.log = rank, world, log
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -148,8 +158,12 @@ class Trainer:
             tensors.update(self.posthoc.tensors())
         keep = self.cfg.keep_checkpoints
         return ckpt.save_checkpoint(
-            self.run_dir, self.step, tensors, state, keep=keep, keep_steps=self.keep_steps
+            self.run_dir, self.step, tensors, state, keep=keep, keep_steps=self.keep_steps()
         )
+
+    def keep_steps(self) -> frozenset[int]:
+        """The steps of ``keep_at`` on the present horizon."""
+        return frozenset(ckpt.step_at(f, self.cfg.max_steps) for f in self.keep_at)
 
     def _check_finite(self) -> None:
         """Refuse to write weights that are no longer finite: the loss diverged since the last log line, and
@@ -319,6 +333,28 @@ class Trainer:
         )
         return Stop(distributed.max_over_ranks(mine))
 
+    def _fit_horizon(self, bar, start: float, timed_from: tuple[int, float]) -> None:
+        """``train.fit_horizon``: lower ``max_steps`` to the steps the rest of the ``max_minutes`` budget fits
+        at the speed of the steps since ``timed_from`` (never raise it); all ranks take the smallest fit."""
+        cfg = self.cfg
+        now = time.monotonic()
+        seconds_per_step = (now - timed_from[1]) / (self.step - timed_from[0])
+        left = cfg.max_minutes * 60 - (now - start)
+        fits = self.step + max(0, int(FIT_MARGIN * left / seconds_per_step))
+        fits = -distributed.max_over_ranks(-fits)
+        if fits >= cfg.max_steps:
+            return
+        cfg.max_steps = fits
+        bar.total = fits
+        bar.refresh()
+        if self.rank == 0:
+            bar.write(
+                f"train.fit_horizon: {fits} steps fit the {cfg.max_minutes:g}-minute budget at "
+                f"{1 / seconds_per_step:.2f} steps/s; the learning-rate schedule now ends at step {fits}"
+            )
+            if self.on_horizon is not None:
+                self.on_horizon(fits)
+
     def _diverged(self, what: str) -> Diverged:
         """The error that stops a diverged run: what happened, the checkpoint kept, and how to go on."""
         return Diverged(
@@ -380,6 +416,7 @@ class Trainer:
         window: list[torch.Tensor] = []  # the losses of the steps since the last log line
         window_t = time.perf_counter()
         error: Exception | None = None
+        timed_from = None  # (step, time) after this invocation's first step: the speed train.fit_horizon uses
         with self._signals_stop_training():
             try:
                 while True:
@@ -390,6 +427,8 @@ class Trainer:
                     window.append(self.train_step())
                     self.train_seconds += time.perf_counter() - t0
                     bar.update(1)
+                    if timed_from is None:  # the first step of this invocation is done
+                        timed_from = (self.step, time.monotonic())
                     try:
                         if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                             self._log(bar, window, time.perf_counter() - window_t)
@@ -399,7 +438,9 @@ class Trainer:
                         snapshot_due = self.step % cfg.posthoc_every == 0 or self.step == cfg.max_steps
                         if self.posthoc is not None and snapshot_due:
                             self.save_snapshot()
-                        due = self.step % cfg.checkpoint_every == 0 or self.step in self.keep_steps
+                        if cfg.fit_horizon and self.step == timed_from[0] + FIT_AFTER_STEPS:
+                            self._fit_horizon(bar, start, timed_from)
+                        due = self.step % cfg.checkpoint_every == 0 or self.step in self.keep_steps()
                         if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                             last_ckpt = time.monotonic()
                             if self.rank == 0 and not self.lines_above:  # never a diverging state
