@@ -181,6 +181,29 @@ def test_fit_horizon_ends_the_schedule_inside_the_budget(tmp_path, monkeypatch):
         validate(tiny_cfg(10, ["train.fit_horizon=true"]))
 
 
+def test_fit_horizon_times_a_share_of_a_long_budget(tmp_path, monkeypatch):
+    """On a long budget train.fit_horizon times 1 % of it, not 20 steps, so that the slow steps of warming up
+    weigh less in the speed it fits with."""
+    clock = Clock()
+    monkeypatch.setattr(trainer_module, "time", clock)
+    original = Trainer.train_step
+
+    def warming_up(self):  # steps 1-9 take 0.25 s, the rest 0.125 s; the clock runs out after step 45
+        clock.now += 0.25 if self.step < 9 else 0.125
+        loss = original(self)
+        if self.step == 45:
+            clock.now += 1000.0
+        return loss
+
+    monkeypatch.setattr(Trainer, "train_step", warming_up)
+    extra = ["train.max_minutes=10", "train.fit_horizon=true"]
+    done = training.train(tiny_cfg(100_000, extra), tmp_path / "a", log=lambda *_: None)
+    assert done["step"] == 45
+    # 6 s (1 % of 600) after step 1 is step 41 (8 × 0.25 + 32 × 0.125), at 6.25 s: 0.15 s a step, so
+    # 41 + int(0.97 × 593.75 / 0.15) = 3880; timing 20 steps would have fitted 21 + int(0.97 × 596.25 / 0.175)
+    assert run.load_config(tmp_path / "a" / "config.json").train.max_steps == 3880
+
+
 def test_run_folder_is_complete_and_loadable(tmp_path):
     metrics = training.train(tiny_cfg(10), tmp_path, log=lambda *_: None)
     for name in ("config.json", "metrics.json", "metrics.csv", "loss.png"):

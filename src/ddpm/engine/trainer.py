@@ -46,10 +46,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
-# train.fit_horizon: the steps of an invocation timed (after its first, which pays for warming up) before
-# max_steps is fitted to the rest of the budget, and the share of that rest the fitted steps may take
-# (checkpoints and sample grids on the way take the remainder).
+# train.fit_horizon: the steps and the share of the budget an invocation times (after its first step, which
+# pays for warming up) before max_steps is fitted to the rest of the budget, whichever comes later (the next
+# few steps still run slower than the rest: a longer window on a long budget dilutes them), and the share of
+# that rest the fitted steps may take (checkpoints and sample grids on the way take the remainder).
 FIT_AFTER_STEPS = 20
+FIT_AFTER_SHARE = 0.01
 FIT_MARGIN = 0.97
 
 
@@ -333,6 +335,13 @@ class Trainer:
         )
         return Stop(distributed.max_over_ranks(mine))
 
+    def _timed_enough(self, timed_from: tuple[int, float]) -> bool:
+        """Whether ``train.fit_horizon`` has timed enough: ``FIT_AFTER_STEPS`` steps and ``FIT_AFTER_SHARE``
+        of the budget since ``timed_from``; all ranks agree (they fit at the same step)."""
+        steps = self.step - timed_from[0] >= FIT_AFTER_STEPS
+        seconds = time.monotonic() - timed_from[1] >= FIT_AFTER_SHARE * self.cfg.max_minutes * 60
+        return distributed.max_over_ranks(int(steps and seconds)) == 1
+
     def _fit_horizon(self, bar, start: float, timed_from: tuple[int, float]) -> None:
         """``train.fit_horizon``: lower ``max_steps`` to the steps the rest of the ``max_minutes`` budget fits
         at the speed of the steps since ``timed_from`` (never raise it); all ranks take the smallest fit."""
@@ -417,6 +426,7 @@ class Trainer:
         window_t = time.perf_counter()
         error: Exception | None = None
         timed_from = None  # (step, time) after this invocation's first step: the speed train.fit_horizon uses
+        to_fit = cfg.fit_horizon
         with self._signals_stop_training():
             try:
                 while True:
@@ -438,8 +448,9 @@ class Trainer:
                         snapshot_due = self.step % cfg.posthoc_every == 0 or self.step == cfg.max_steps
                         if self.posthoc is not None and snapshot_due:
                             self.save_snapshot()
-                        if cfg.fit_horizon and self.step == timed_from[0] + FIT_AFTER_STEPS:
+                        if to_fit and self._timed_enough(timed_from):
                             self._fit_horizon(bar, start, timed_from)
+                            to_fit = False
                         due = self.step % cfg.checkpoint_every == 0 or self.step in self.keep_steps()
                         if due or time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                             last_ckpt = time.monotonic()
