@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from ddpm.cli import main
 from ddpm.engine import checkpoint as ckpt
@@ -114,6 +115,23 @@ def test_an_empty_out_folder_is_taken_and_the_summary_says_what_next(tiny_spiral
     out = capsys.readouterr().out
     assert "ema.safetensors" in out and " kB" in out and f"ddpm sample {tmp_path / 'empty'} --n 64" in out
     assert [p.name for p in tmp_path.iterdir()] == ["empty"]
+
+
+def test_fp16_halves_the_weights_and_loads_them_as_fp32(tiny_spiral_run, tmp_path, capsys):
+    """``--fp16``: the final EMA stored in fp16, export.json says so, and the model loads them rounded."""
+    out = tmp_path / "half"
+    assert main(["export", str(tiny_spiral_run), "--out", str(out), "--fp16"]) == 0
+    step = ckpt.latest_checkpoint(tiny_spiral_run).name
+    stored = ckpt.load_tensors(out / "checkpoints" / step / "ema.safetensors")
+    source = ckpt.load_tensors(ckpt.latest_checkpoint(tiny_spiral_run) / "ema.safetensors")
+    assert all(t.dtype == torch.float16 for t in stored.values() if t.is_floating_point())
+    assert "rounded to fp16" in json.loads((out / "export.json").read_text())["weights"]
+    model = load_run(out, device="cpu").model
+    for name, p in model.state_dict().items():
+        assert p.dtype == torch.float32 and torch.equal(p, source[name].half().float())
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["ema_tensors_sha256"] == ckpt.tensors_sha256(stored)
 
 
 @pytest.fixture(scope="module")

@@ -371,7 +371,7 @@ def _posthoc_info(run_dir: Path, cfg: Config) -> dict | None:
 def cmd_export(args) -> int:
     from ddpm.export import export_run
 
-    done = export_run(Path(args.run), Path(args.out))
+    done = export_run(Path(args.run), Path(args.out), fp16=args.fp16)
     out = done.out
     weights = next(name for name in done.sizes if name.endswith("ema.safetensors"))
     reports = sum(name.startswith("eval/") and name.endswith(".json") for name in done.sizes)
@@ -817,6 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a small copy of a run for sampling and eval: its final EMA alone")
     p.add_argument("run", help="the run folder")
     p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument(
+        "--fp16", action="store_true", help="round the EMA weights to fp16: half the size, loaded as fp32"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="describe a run: config, step, metrics, weight checksums")

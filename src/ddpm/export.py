@@ -69,10 +69,11 @@ def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
-def export_run(run_dir: Path, out: Path) -> Export:
+def export_run(run_dir: Path, out: Path, fp16: bool = False) -> Export:
     """Write the export of the run in ``run_dir`` to the new or empty folder ``out`` (see the module's
-    docstring). Refused, with nothing written: a folder that is not a run or is an export, a checkpoint
-    without EMA weights, an ``out`` that holds anything."""
+    docstring); ``fp16``: the final EMA weights rounded to fp16 too, at half the size (loaded as fp32).
+    Refused, with nothing written: a folder that is not a run or is an export, a checkpoint without EMA
+    weights, an ``out`` that holds anything."""
     run_dir, out = Path(run_dir), Path(out)
     if is_export(run_dir):
         raise RunError(f"{run_dir}: is an export already; copy the folder instead")
@@ -82,6 +83,8 @@ def export_run(run_dir: Path, out: Path) -> Export:
         raise RunError(f"{run_dir}: {latest.name} has no EMA weights (ema.safetensors) to export")
     loaded = load_run(run_dir, device="cpu")  # config, checkpoint and EMA weights: all checked
     ema = ckpt.load_tensors(latest / "ema.safetensors")
+    if fp16:
+        ema = half(ema)
     state = ckpt.load_state(latest)
     cfg, changes = machine_free(loaded.cfg)
     guide = guidance_of(run_dir, loaded.cfg, None, device="cpu").folder  # checked like the weights
@@ -89,7 +92,8 @@ def export_run(run_dir: Path, out: Path) -> Export:
         "exported_from": str(run_dir),
         "checkpoint": latest.name,
         **{key: state[key] for key in STATE_KEYS if key in state},
-        "weights": f"the EMA of the weights (train.ema_decay {cfg.train.ema_decay:g})",
+        "weights": f"the EMA of the weights (train.ema_decay {cfg.train.ema_decay:g})"
+        + (", rounded to fp16 (ddpm export --fp16)" if fp16 else ""),
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "ema_tensors_sha256": ckpt.tensors_sha256(ema),
         "config_changes": changes,
