@@ -65,6 +65,7 @@ def test_sample_uses_the_runs_guide_and_an_export_carries_it(guided_run, tmp_pat
 
     exported = tmp_path / "export"
     assert main(["export", str(guided_run), "--out", str(exported)]) == 0
+    assert "the EMA weights at step 4 (checkpoints/step-00000004/ema.safetensors" in capsys.readouterr().out
     assert sorted(p.name for p in (exported / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
     monkeypatch.setenv("DDPM_DATA", DATA)
     guide = exported / "checkpoints" / "step-00000002" / "ema.safetensors"

@@ -373,7 +373,7 @@ def cmd_export(args) -> int:
 
     done = export_run(Path(args.run), Path(args.out), fp16=args.fp16)
     out = done.out
-    weights = next(name for name in done.sizes if name.endswith("ema.safetensors"))
+    weights = f"checkpoints/{ckpt.PREFIX}{done.step:08d}/ema.safetensors"  # not the guide's beside it
     reports = sum(name.startswith("eval/") and name.endswith(".json") for name in done.sizes)
     reports = f"{reports or 'no'} eval report{'s' * (reports != 1)}"
     print(
