@@ -64,8 +64,9 @@ def machine_free(cfg):
 
 
 def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Floating-point tensors rounded to fp16: how an export keeps autoguidance's guide, at half the size.
-    The guide only steers (its output enters as w (ε − ε_guide)), and loading casts it back to fp32."""
+    """Floating-point tensors rounded to fp16, at half the size: how an export keeps autoguidance's guide
+    (it only steers: its output enters as w (ε − ε_guide)) and, with ``--fp16``, the final weights too;
+    loading casts them back to fp32."""
     return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
