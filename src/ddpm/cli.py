@@ -58,7 +58,8 @@ def cmd_train(args) -> int:
     picture = "grid.png" if run.is_image(cfg) else "points.png"
     step = metrics["step"]
     posthoc = cfg.train.posthoc_ema
-    folders = f"checkpoints/step-{step:08d}{', posthoc-ema/' if posthoc else ''}, metrics.json, samples/"
+    snapshots = ", posthoc-ema/" if posthoc else ""
+    folders = f"checkpoints/{ckpt.step_name(step)}{snapshots}, metrics.json, samples/"
     wrote = f"step {step} of {cfg.train.max_steps} ({folders})"
     ema = " [--ema-sigma-rel S]" if posthoc else ""
     print(f"wrote {out}: {wrote}; next: ddpm sample {out} --out {picture}{ema}")
@@ -373,7 +374,7 @@ def cmd_export(args) -> int:
 
     done = export_run(Path(args.run), Path(args.out), fp16=args.fp16)
     out = done.out
-    weights = f"checkpoints/{ckpt.PREFIX}{done.step:08d}/ema.safetensors"  # not the guide's beside it
+    weights = f"checkpoints/{ckpt.step_name(done.step)}/ema.safetensors"  # not the guide's beside it
     reports = sum(name.startswith("eval/") and name.endswith(".json") for name in done.sizes)
     reports = f"{reports or 'no'} eval report{'s' * (reports != 1)}"
     print(

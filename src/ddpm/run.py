@@ -540,7 +540,7 @@ def guidance_of(
         w = cfg.sample.autoguidance if guidance is None else guidance
         if not w:
             return Guidance(None)  # --guidance 0: the run's own guide is off
-        guide = ckpt.checkpoint_dir(run_dir) / f"{ckpt.PREFIX}{step:08d}"
+        guide = ckpt.checkpoint_dir(run_dir) / ckpt.step_name(step)
         if not (guide / "ema.safetensors").is_file():
             raise RunError(
                 f"{run_dir}: its guide, the checkpoint of step {step} (sample.guide_at "

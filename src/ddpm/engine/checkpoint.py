@@ -43,6 +43,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def step_name(step: int) -> str:
+    """The folder name of a step's checkpoint (and of a post-hoc EMA snapshot): ``step-NNNNNNNN``."""
+    return f"{PREFIX}{step:08d}"
+
+
 def step_at(fraction: float, max_steps: int) -> int:
     """The step at ``fraction`` of a horizon of ``max_steps`` steps (at least step 1): the checkpoint a
     fraction of training names, for training that keeps it and for sampling that loads it."""
@@ -90,7 +95,7 @@ def save_step_folder(root: Path, step: int, tensors: dict[str, dict[str, torch.T
     Raises:
         OSError: the write failed (full disk, read-only folder); its partial files are removed.
     """
-    final = Path(root) / f"{PREFIX}{step:08d}"
+    final = Path(root) / step_name(step)
     if final.exists():
         return final
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
@@ -165,7 +170,7 @@ def save_checkpoint(
         final = save_step_folder(root, step, tensors, state)
     except OSError as e:
         raise CheckpointWriteError(
-            f"could not write checkpoint {root / f'{PREFIX}{step:08d}'}: {e.strerror or e}; {kept(run_dir)}"
+            f"could not write checkpoint {root / step_name(step)}: {e.strerror or e}; {kept(run_dir)}"
         ) from e
     for old in list_checkpoints(run_dir)[:-keep]:
         if int(old.name[len(PREFIX) :]) not in keep_steps:

@@ -151,7 +151,7 @@ def save_snapshot(run_dir: Path, step: int, power: PowerEMA) -> Path:
     try:
         return ckpt.save_step_folder(snapshot_dir(run_dir), step, power.tensors(), state)
     except OSError as e:
-        where = snapshot_dir(run_dir) / f"{ckpt.PREFIX}{step:08d}"
+        where = snapshot_dir(run_dir) / ckpt.step_name(step)
         raise ckpt.CheckpointWriteError(
             f"could not write the post-hoc EMA snapshot {where}: {e.strerror or e}; {ckpt.kept(run_dir)}"
         ) from e
