@@ -74,6 +74,17 @@ def test_sample_uses_the_runs_guide_and_an_export_carries_it(guided_run, tmp_pat
     assert npy(exported) != npy(exported, "--guidance", "0")  # the export is guided by default
 
 
+def test_a_sweep_records_the_guidance_its_points_were_sampled_with(guided_run, capsys):
+    argv = ["sweep", str(guided_run), "--samplers", "ddpm", "--steps", "2", "--n", "20", "--full-n", "20"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["guidance"], result["guide"], result["guidance_interval"]) == (
+        1.5,
+        "checkpoints/step-00000002",
+        None,
+    )
+
+
 def test_a_run_whose_guide_is_gone_says_so_in_one_line(guided_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(guided_run, run)

@@ -178,3 +178,51 @@ def test_label_all_draws_a_row_per_class(mnist_cond, tmp_path, capsys):
     assert "must be a multiple of the 10 classes" in capsys.readouterr().err
     loaded = load_run(out, device="cpu")
     assert loaded.cfg.model.num_classes == 10
+
+
+def test_an_export_can_be_told_how_to_sample_and_samples_so(mnist_cond, tmp_path, monkeypatch, capsys):
+    run, _ = mnist_cond
+    out = tmp_path / "guided"
+    sets = ["--set", "sample.guidance=0.5", "--set", "sample.guidance_interval=[0.3,5]"]
+    assert main(["export", str(run), "--out", str(out), *sets]) == 0
+    assert "it samples with sample.guidance=0.5, sample.guidance_interval=[0.3,5]" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert (config["sample"]["guidance"], config["sample"]["guidance_interval"]) == (0.5, [0.3, 5])
+    changes = json.loads((out / "export.json").read_text())["config_changes"]
+    assert changes["sample.guidance"] == {"was": 0.0, "now": 0.5}
+    assert changes["sample.guidance_interval"] == {"was": None, "now": [0.3, 5]}
+    monkeypatch.setenv("DDPM_DATA", DATA)
+
+    def npy(folder, *extra):
+        path = tmp_path / f"{folder.name}{len(extra)}.npy"
+        argv = ["sample", str(folder), "--n", "10", "--steps", "3", "--label", "3", "--out", str(path)]
+        assert main([*argv, *extra]) == 0
+        return _sha256(path)
+
+    # The export's default is the run sampled with those flags, and --guidance 0 is the run unguided.
+    assert npy(out) == npy(run, "--guidance", "0.5", "--guidance-interval", "0.3,5")
+    assert "guided as the run's config says (w = 0.5 for σ in (0.3, 5]" in capsys.readouterr().out
+    assert npy(out, "--guidance", "0") == npy(run)
+    assert npy(out) != npy(out, "--guidance", "0")
+    argv = ["eval", str(out), "--n", "20", "--steps", "2", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["guidance"], report["guidance_interval"]) == (0.5, [0.3, 5])
+    assert report["path"].endswith("-g0.5-gi0.3-5-s0.json")
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["train.lr=1"], "--set 'train.lr=1': an export changes sample.* settings alone"),
+        (["sample.guidance=-1"], "sample.guidance must"),
+        (["sample.nope=1"], "unknown key 'nope'"),
+    ],
+)
+def test_export_settings_outside_sampling_are_refused(mnist_cond, tmp_path, capsys, sets, message):
+    run, _ = mnist_cond
+    out = tmp_path / "refused"
+    assert main(["export", str(run), "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.iterdir())

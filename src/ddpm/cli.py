@@ -79,7 +79,8 @@ def cmd_sample(args) -> int:
     if label == "all":
         label = run.rows_of_classes(cfg, args.n)
         nrow = args.n // cfg.model.num_classes
-    guided = run.guidance_of(Path(args.run), cfg, args.guidance, args.guide and Path(args.guide), args.device)
+    guide = args.guide and Path(args.guide)
+    guided = run.guidance_of(Path(args.run), cfg, args.guidance, guide, args.device, _guidance_interval(args))
     run.check_labels(cfg, label, guided.weight, guide=guided.guide is not None)
     out, gif = Path(args.out), Path(args.gif) if args.gif else None
     _check_writable(out, (".png", ".npy"), "--out")
@@ -97,11 +98,16 @@ def cmd_sample(args) -> int:
         callback=frames,
         guidance=guided.weight,
         guide=guided.guide,
-        guidance_interval=_guidance_interval(args),
+        guidance_interval=guided.interval,
     ).cpu()
     write_samples(out, x, f"{args.n} samples, step {loaded.step}", nrow=nrow)
-    if guided.guide is not None:
-        print(f"autoguided by {guided.folder} (w = {guided.weight:g}; --guidance 0 samples without it)")
+    if guided.weight:
+        where = "" if guided.interval is None else " for σ in ({:g}, {:g}]".format(*guided.interval)
+        how = f"w = {guided.weight:g}{where}; --guidance 0 samples without it"
+        if guided.guide is not None:
+            print(f"autoguided by {guided.folder} ({how})")
+        elif args.guidance is None:
+            print(f"guided as the run's config says ({how})")
     if gif:
         if image:
             plotting.grid_gif(gif, frames.states)
@@ -372,7 +378,7 @@ def _posthoc_info(run_dir: Path, cfg: Config) -> dict | None:
 def cmd_export(args) -> int:
     from ddpm.export import export_run
 
-    done = export_run(Path(args.run), Path(args.out), fp16=args.fp16)
+    done = export_run(Path(args.run), Path(args.out), fp16=args.fp16, sample_settings=args.set)
     out = done.out
     weights = f"checkpoints/{ckpt.step_name(done.step)}/ema.safetensors"  # not the guide's beside it
     reports = sum(name.startswith("eval/") and name.endswith(".json") for name in done.sizes)
@@ -382,6 +388,9 @@ def cmd_export(args) -> int:
         f" {done.step} ({weights}, {_megabytes(done.sizes[weights])}), config.json, {reports}, export.json,"
         " SHA256SUMS"
     )
+    if args.set:
+        changed = ", ".join(args.set)
+        print(f"it samples with {changed} unless a call says otherwise (export.json: config_changes)")
     print(f"next: ddpm sample {out} --n 64 --out grid.png; check it: (cd {out} && sha256sum -c SHA256SUMS)")
     return 0
 
@@ -820,6 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="a new or empty folder")
     p.add_argument(
         "--fp16", action="store_true", help="round the EMA weights to fp16: half the size, loaded as fp32"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="sample.KEY=VALUE",
+        help="how the export samples by default, e.g. sample.guidance=0.5 (sample.* keys only; repeatable)",
     )
     p.set_defaults(func=cmd_export)
 

@@ -111,6 +111,12 @@ class SampleConfig:
     # w = autoguidance (0: none; --guidance w per call)
     autoguidance: float = 0.0
     guide_at: float | None = None
+    # Classifier-free guidance (Ho & Salimans 2022) of a class-conditional run when a call gives no
+    # --guidance: ε̃ = (1 + w) ε(x, c) − w ε(x, ∅) with w = guidance (0: none)
+    guidance: float = 0.0
+    # The noise levels σ_t in (lo, hi] where the run's guidance acts when a call gives no
+    # --guidance-interval (Kynkäänniemi et al. 2024); None: every step
+    guidance_interval: tuple | None = None
 
 
 @dataclass
@@ -290,6 +296,10 @@ def _two_betas(betas) -> bool:
     return len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)
 
 
+def _interval(values) -> bool:
+    return len(values) == 2 and all(_is_number(v) for v in values) and 0 <= values[0] < values[1]
+
+
 def _sigma_rels(values) -> bool:
     """At most 8 distinct EMA lengths σ_rel that a power-function EMA can have (ddpm.engine.posthoc_ema)."""
     fit = all(_is_number(s) and 0 < s <= SIGMA_REL_MAX for s in values)
@@ -342,6 +352,8 @@ RULES: dict[str, Range | Rule] = {
     "sample.eval_n": Range(0, 20_000),  # the 2-D metrics take a time quadratic in it
     "sample.autoguidance": Range(0, 100),
     "sample.guide_at": Range(0, 1, open_lo=True, open_hi=True),
+    "sample.guidance": Range(0, 100),
+    "sample.guidance_interval": Rule(_interval, "be two numbers lo, hi with 0 ≤ lo < hi"),
 }
 
 
@@ -390,4 +402,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.fit_horizon needs train.max_minutes (--max-minutes), the budget to fit")
     if cfg.sample.autoguidance and cfg.sample.guide_at is None:
         raise ConfigError("sample.autoguidance needs sample.guide_at, where in training the guide is kept")
+    if cfg.sample.guidance and cfg.model.num_classes is None:
+        raise ConfigError(
+            "sample.guidance is classifier-free guidance: it needs a class-conditional model "
+            "(model.kwargs.num_classes); an unconditional run is autoguided (sample.autoguidance)"
+        )
     return cfg

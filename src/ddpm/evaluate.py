@@ -220,8 +220,9 @@ def evaluate_run(
     cfg = sampling_config(loaded.cfg, sampler=sampler, steps=steps, spacing=spacing, **options)
     num_classes = cfg.model.num_classes
     requested = torch.arange(n) % num_classes if num_classes else None
-    guided = guidance_of(run_dir, cfg, guidance, guide, device)
+    guided = guidance_of(run_dir, cfg, guidance, guide, device, guidance_interval)
     guidance, guide_model, guide_step = guided.weight, guided.guide, guided.step
+    guidance_interval = guided.interval
     check_labels(cfg, requested, guidance, guide=guide_model is not None)
     if batch_size is None:  # smaller batches sample faster on a CPU (docs/results.md)
         batch_size = 1000 if next(loaded.model.parameters()).is_cuda else 100
@@ -420,7 +421,8 @@ def sweep_run(
         rows.append(row)
     result = {
         "run": str(run_dir),
-        "guidance": guidance,
+        # as every point was sampled: the run's own guidance too (ddpm.run.guidance_of), not only --guidance
+        **{key: report[key] for key in ("guidance", "guide", "guidance_interval")},
         "seed": seed,
         "T": T,
         "ema_sigma_rel": ema_sigma_rel,

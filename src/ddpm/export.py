@@ -11,6 +11,7 @@ is written under a temporary name and renamed into place: a failure leaves nothi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from ddpm.config import ConfigError, apply_overrides
 from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
 from ddpm.evaluate import EVAL_DIR
 from ddpm.fileio import fsync_dir, write_synced
-from ddpm.run import CONFIG_FILE, EXPORT_FILE, RunError, guidance_of, is_export, load_run
+from ddpm.run import CONFIG_FILE, EXPORT_FILE, RunError, check_config, guidance_of, is_export, load_run
 
 METRICS_FILE = "metrics.json"  # the final metrics of training, a report worth keeping beside the weights
 STATE_KEYS = ("step", "images_seen", "train_seconds", "world_size")  # what the exported state.json keeps
@@ -63,6 +65,22 @@ def machine_free(cfg):
     return cfg, changes
 
 
+def with_sample_settings(cfg, overrides: list[str]):
+    """The config with ``--set sample.KEY=VALUE`` applied: how the export samples by default (its
+    guidance, sampler, steps). Only ``sample.*`` keys: the weights were trained with the rest. Returns it
+    and the changes made."""
+    for item in overrides:
+        if not item.strip().startswith("sample."):
+            raise ConfigError(
+                f"--set {item!r}: an export changes sample.* settings alone (the weights were trained with "
+                "the rest)"
+            )
+    changed = check_config(apply_overrides(cfg, overrides))
+    was, now = dataclasses.asdict(cfg.sample), dataclasses.asdict(changed.sample)
+    changes = {f"sample.{k}": {"was": was[k], "now": now[k]} for k in now if now[k] != was[k]}
+    return changed, changes
+
+
 def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Floating-point tensors rounded to fp16, at half the size: how an export keeps autoguidance's guide
     (it only steers: its output enters as w (ε − ε_guide)) and, with ``--fp16``, the final weights too;
@@ -70,11 +88,13 @@ def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
-def export_run(run_dir: Path, out: Path, fp16: bool = False) -> Export:
+def export_run(run_dir: Path, out: Path, fp16: bool = False, sample_settings: list[str] = ()) -> Export:
     """Write the export of the run in ``run_dir`` to the new or empty folder ``out`` (see the module's
-    docstring); ``fp16``: the final EMA weights rounded to fp16 too, at half the size (loaded as fp32).
-    Refused, with nothing written: a folder that is not a run or is an export, a checkpoint without EMA
-    weights, an ``out`` that holds anything."""
+    docstring); ``fp16``: the final EMA weights rounded to fp16 too, at half the size (loaded as fp32);
+    ``sample_settings``: ``sample.KEY=VALUE`` changes to how the export samples by default
+    (:func:`with_sample_settings`). Refused, with nothing written: a folder that is not a run or is an
+    export, a checkpoint without EMA weights, a setting outside ``sample``, an ``out`` that holds
+    anything."""
     run_dir, out = Path(run_dir), Path(out)
     if is_export(run_dir):
         raise RunError(f"{run_dir}: is an export already; copy the folder instead")
@@ -88,7 +108,9 @@ def export_run(run_dir: Path, out: Path, fp16: bool = False) -> Export:
         ema = half(ema)
     state = ckpt.load_state(latest)
     cfg, changes = machine_free(loaded.cfg)
-    guide = guidance_of(run_dir, loaded.cfg, None, device="cpu").folder  # checked like the weights
+    cfg, sample_changes = with_sample_settings(cfg, list(sample_settings))
+    changes.update(sample_changes)
+    guide = guidance_of(run_dir, cfg, None, device="cpu").folder  # checked like the weights
     provenance = {
         "exported_from": str(run_dir),
         "checkpoint": latest.name,

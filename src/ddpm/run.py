@@ -517,24 +517,33 @@ def own_guide_step(cfg: Config) -> int | None:
 
 @dataclass
 class Guidance:
-    """How a sampling call is guided: the weight w (None or 0: not at all), and for autoguidance the weaker
-    network, the folder it came from and the step of its weights."""
+    """How a sampling call is guided: the weight w (None or 0: not at all), for autoguidance the weaker
+    network, the folder it came from and the step of its weights, and the noise levels (σ_lo, σ_hi] where
+    guidance acts (None: every step)."""
 
     weight: float | None = None
     guide: nn.Module | None = None
     folder: Path | None = None
     step: int | None = None
+    interval: tuple[float, float] | None = None
 
 
 def guidance_of(
-    run_dir: Path, cfg: Config, guidance: float | None, guide: Path | None = None, device: str | None = None
+    run_dir: Path,
+    cfg: Config,
+    guidance: float | None,
+    guide: Path | None = None,
+    device: str | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> Guidance:
-    """The guidance a sampling call of the run gets.
+    """The guidance a sampling call of the run gets: what the call gives, else what the run's config says.
 
     ``guide`` given: autoguidance by that folder (a run, or one of its checkpoints) with weight
     ``guidance``. Otherwise an unconditional run whose config names its own guide (``sample.guide_at``:
     :func:`own_guide_step`) is autoguided by that checkpoint, with weight ``guidance`` when given (0: none)
-    or else ``sample.autoguidance``. Otherwise ``guidance`` is classifier-free guidance's weight, or None."""
+    or else ``sample.autoguidance``. Otherwise ``guidance`` is classifier-free guidance's weight, or else
+    the run's ``sample.guidance`` (0: none). Guidance acts at the noise levels ``interval`` = (σ_lo, σ_hi],
+    or else the run's ``sample.guidance_interval``, or else at every step."""
     step = own_guide_step(cfg)
     if guide is None and step is not None and cfg.model.num_classes is None:
         w = cfg.sample.autoguidance if guidance is None else guidance
@@ -548,8 +557,12 @@ def guidance_of(
                 "without it"
             )
         guidance = w
+    elif guide is None and guidance is None and cfg.sample.guidance:
+        guidance = cfg.sample.guidance  # the conditional run's own classifier-free guidance
+    if interval is None and guidance and cfg.sample.guidance_interval is not None:
+        interval = tuple(cfg.sample.guidance_interval)
     if guide is None:
-        return Guidance(guidance)
+        return Guidance(guidance, interval=interval)
     if guidance is None:
         raise RunError("--guide needs --guidance, the weight w of the autoguidance")
-    return Guidance(guidance, *_guide_network(Path(guide), cfg, device))
+    return Guidance(guidance, *_guide_network(Path(guide), cfg, device), interval=interval)
