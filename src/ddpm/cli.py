@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ddpm import plotting, run
-from ddpm.config import Config, ConfigError, apply_overrides
+from ddpm.config import Config, ConfigError, apply_overrides, is_interval
 from ddpm.data import IMAGE_SETS
 from ddpm.engine import checkpoint as ckpt
 from ddpm.engine import posthoc_ema
@@ -614,7 +614,7 @@ def _guidance_interval(args) -> tuple[float, float] | None:
         raise ConfigError(
             f"--guidance-interval {text!r}: expected LO,HI, two numbers such as 0.3,5"
         ) from None
-    if not 0 <= lo < hi:
+    if not is_interval((lo, hi)):
         raise ConfigError(f"--guidance-interval {text!r}: expected 0 ≤ LO < HI")
     return lo, hi
 

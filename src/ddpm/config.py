@@ -296,7 +296,9 @@ def _two_betas(betas) -> bool:
     return len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas)
 
 
-def _interval(values) -> bool:
+def is_interval(values) -> bool:
+    """The one rule for a guidance interval (σ_lo, σ_hi]: two numbers with 0 ≤ lo < hi (finite in a config,
+    which :func:`validate` checks apart; ``--guidance-interval`` may give hi = inf)."""
     return len(values) == 2 and all(_is_number(v) for v in values) and 0 <= values[0] < values[1]
 
 
@@ -353,7 +355,7 @@ RULES: dict[str, Range | Rule] = {
     "sample.autoguidance": Range(0, 100),
     "sample.guide_at": Range(0, 1, open_lo=True, open_hi=True),
     "sample.guidance": Range(0, 100),
-    "sample.guidance_interval": Rule(_interval, "be two numbers lo, hi with 0 ≤ lo < hi"),
+    "sample.guidance_interval": Rule(is_interval, "be two numbers lo, hi with 0 ≤ lo < hi"),
 }
 
 
