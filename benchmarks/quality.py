@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     detail = {
         "preset": args.preset,
         "overrides": args.set,
+        "config": run_cfg.to_dict(),  # as trained: a preset may change after the run
         "minutes": run_cfg.train.max_minutes,  # as the run was trained (also with --skip-train)
         "threads": run_cfg.train.num_threads,
         "max_steps": run_cfg.train.max_steps,

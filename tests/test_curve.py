@@ -60,6 +60,38 @@ def test_several_recipes_are_fitted_apart_and_drawn_together(curve, results, tmp
         assert image.format == "PNG"
 
 
+def test_held_out_runs_are_measured_against_the_law_not_fitted(curve, results, tmp_path):
+    quality = json.loads(results.read_text())["quality"]
+    n = 900_000  # beyond the fitted horizons, another precision, and 10 % above the law
+    overrides = ["train.precision=bf16", "train.fit_horizon=true", "seed=1"]
+    quality["held"] = _entry(n, 1.1 * _law(4e5, 0.9, n), overrides)
+    results.write_text(json.dumps({"quality": quality}))
+    argv = ["--recipe", "old=old0,old1,old2", "--held-out", "old=held", "--results", str(results)]
+    assert curve.main([*argv, "--figure", str(tmp_path / "c.png")]) == 0
+    fit = json.loads(results.read_text())["learning_curves"]["old"]
+    assert fit["b"] == pytest.approx(0.9, abs=1e-3)  # the held-out run is not in the fit
+    (held,) = fit["held_out"]
+    assert held["key"] == "held" and held["law_fld"] == pytest.approx(_law(4e5, 0.9, n), rel=1e-3)
+    assert held["fld_over_law"] == pytest.approx(1.1, abs=2e-3)
+
+
+def test_an_entry_with_its_config_is_read_by_it_not_by_todays_preset(curve, results, tmp_path):
+    from ddpm.config import apply_overrides
+    from ddpm.presets import get_preset
+
+    quality = json.loads(results.read_text())["quality"]
+    for key in ("old0", "old1", "old2"):  # as quality.py writes them now: the config the run was trained with
+        config = apply_overrides(get_preset("mnist-unet"), quality[key]["overrides"]).to_dict()
+        quality[key]["config"] = config
+    results.write_text(json.dumps({"quality": quality}))
+    argv = ["--recipe", "old=old0,old1,old2", "--results", str(results), "--figure", str(tmp_path / "c.png")]
+    assert curve.main(argv) == 0
+    quality["old2"]["config"]["model"]["kwargs"]["model_channels"] = 48  # its overrides do not say so
+    results.write_text(json.dumps({"quality": quality}))
+    with pytest.raises(SystemExit, match="old2: its config differs from old0's in more than the horizon"):
+        curve.main(argv)
+
+
 def test_the_single_recipe_command_still_works(curve, results, tmp_path):
     argv = ["--keys", "old0", "old1", "old2", "--results", str(results), "--figure", str(tmp_path / "c.png")]
     assert curve.main(argv) == 0
@@ -77,6 +109,8 @@ def test_the_single_recipe_command_still_works(curve, results, tmp_path):
         (["--recipe", "one=old0"], "at least two runs"),
         (["--recipe", "x=old0,nope"], "no quality.nope"),
         ([], "give --keys"),
+        (["--recipe", "old=old0,old1", "--held-out", "new=new2"], "no recipe named 'new'"),
+        (["--recipe", "old=old0,old1", "--held-out", "old=new2"], "the precision and the seed"),
     ],
 )
 def test_refusals(curve, results, tmp_path, argv, message):

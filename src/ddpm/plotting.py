@@ -185,7 +185,8 @@ def fld_vs_nfe(path: Path, rows: Sequence[dict], title: str | None = None) -> Pa
 
 class LearningCurve(NamedTuple):
     """One recipe's learning curve: measured FLD at ``images``, its ``floor`` and the fitted power law
-    ``floor + a · images^(−b)`` (``law = (a, b)``), which reaches the target ratio at ``needed`` images."""
+    ``floor + a · images^(−b)`` (``law = (a, b)``), which reaches the target ratio at ``needed`` images;
+    ``held_images`` / ``held_fld``: runs the fit did not see, drawn hollow."""
 
     label: str
     images: Sequence[float]
@@ -193,6 +194,8 @@ class LearningCurve(NamedTuple):
     floor: float
     law: tuple[float, float]
     needed: float
+    held_images: Sequence[float] = ()
+    held_fld: Sequence[float] = ()
 
 
 def fld_vs_images(
@@ -211,7 +214,9 @@ def fld_vs_images(
         images = np.asarray(c.images, dtype=float)
         name = f"{c.label}: " if len(curves) > 1 else ""
         ax.plot(images, c.fld, "o", color=color, label=f"{name}measured FLD")
-        span = np.geomspace(images.min() / 1.5, c.needed * 1.5, 100)
+        if len(c.held_images):
+            ax.plot(c.held_images, c.held_fld, "o", mfc="none", color=color, label=f"{name}held out")
+        span = np.geomspace(images.min() / 1.5, max([c.needed, *c.held_images]) * 1.5, 100)
         ax.plot(
             span,
             c.floor + a * span ** (-b),
