@@ -96,7 +96,7 @@ def fit_recipe(
     keys: list[str], quality: dict, target: float, argv: list[str] | None, held_out: list[str] = ()
 ) -> dict:
     """One recipe's learning curve from its ``quality.<key>`` entries: checked, fitted and extrapolated;
-    the ``held_out`` entries (the same recipe, precision aside) measured against the law's prediction."""
+    the ``held_out`` entries (the same recipe, precision and seed aside) measured against the law."""
     entries = {k: quality[k] for k in keys}
     check_same_recipe(entries)
     check_same_recipe({keys[0]: entries[keys[0]], **{k: quality[k] for k in held_out}}, (*HORIZON, *HELD_OUT))
