@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def fit_power_law(images: np.ndarray, excess: np.ndarray) -> tuple[float, float]
 
 
 def fit_recipe(
-    keys: list[str], quality: dict, target: float, argv: list[str] | None, held_out: list[str] = ()
+    keys: list[str], quality: dict, target: float, argv: list[str] | None, held_out: Sequence[str] = ()
 ) -> dict:
     """One recipe's learning curve from its ``quality.<key>`` entries: checked, fitted and extrapolated;
     the ``held_out`` entries (the same recipe, precision and seed aside) measured against the law."""
