@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(args.run, args.n, args.seed)
     if not rows:
         parser.error(f"no report of N = {args.n}, seed {args.seed} in {args.run / 'eval'}")
-    full = [r for r in rows if r["spacing"] == FULL]
+    full = [r for r in rows if r["spacing"] == FULL and r["sampler"] == "ddpm"]  # the reference, not DDIM's
     print(table(rows))
     best = best_pairs(rows)
     reference = full[0]["fld"] if full else None
