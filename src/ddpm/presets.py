@@ -134,9 +134,9 @@ UNET_MIN_SNR_GAMMA = 5.0
 # fifth of training, w = 1: on the 60-minute MNIST model it more than halved FLD at the cost of a second
 # network evaluation a step, and the guide at a fifth beat the one at a tenth (benchmarks/README.md,
 # "Autoguidance and guidance intervals"). They guide only for σ_t in (0.28, 5.42] (Kynkäänniemi et al. 2024):
-# guided everywhere, 10 steps scored worse than no guidance; in the interval they score better, and at 20
-# steps the interval beat guidance everywhere with fewer evaluations (benchmarks/README.md, "Autoguidance
-# in an interval").
+# guided everywhere, 10 steps scored worse than no guidance, in the interval better; at 20 steps the interval
+# was about even with guidance everywhere (one seed better, one worse) at fewer evaluations
+# (benchmarks/README.md, "Autoguidance in an interval").
 GUIDE_AT, AUTOGUIDANCE, GUIDE_INTERVAL = 0.2, 1.0, (0.28, 5.42)
 
 
