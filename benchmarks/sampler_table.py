@@ -28,7 +28,7 @@ from pathlib import Path
 from record import merge_results, provenance
 
 from ddpm import plotting
-from ddpm.samplers import SAMPLERS, SPACINGS
+from ddpm.samplers import EVERY_STEP, SAMPLERS, SPACINGS
 
 FULL = "all steps"
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "sampler_sweep_uncond.png"
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_rows(args.run, args.n, args.seed)
     if not rows:
         parser.error(f"no report of N = {args.n}, seed {args.seed} in {args.run / 'eval'}")
-    full = [r for r in rows if r["spacing"] == FULL and r["sampler"] == "ddpm"]  # the reference, not DDIM's
+    full = [r for r in rows if r["spacing"] == FULL and r["sampler"] == EVERY_STEP[0]]  # not DDIM's row
     print(table(rows))
     best = best_pairs(rows)
     reference = full[0]["fld"] if full else None
