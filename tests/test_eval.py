@@ -243,7 +243,7 @@ def test_sweep_reuses_the_points_already_measured_and_only_those(runs, capsys, m
     [
         (["--samplers", "ddpm,euler"], "--samplers 'ddpm,euler'"),
         (["--steps", "0,4"], "expected positive"),
-        (["--spacings", "uniform,karras"], "--spacings 'uniform,karras': choose from"),
+        (["--spacings", "uniform,edm"], "--spacings 'uniform,edm': choose from"),
     ],
 )
 def test_sweep_refusals(runs, capsys, argv, message):

@@ -5,6 +5,9 @@ import torch
 
 from ddpm import diffusion
 from ddpm.samplers import (
+    KARRAS_RHO,
+    KARRAS_SIGMA_MAX,
+    KARRAS_SIGMA_MIN,
     SAMPLERS,
     SPACINGS,
     autoguidance,
@@ -17,6 +20,7 @@ from ddpm.samplers import (
     guidance_interval,
     heun_churn_sample,
     heun_sample,
+    karras_sigmas,
     make_denoiser,
     make_timesteps,
     network_evaluations,
@@ -556,6 +560,31 @@ def test_logsnr_spacing_is_about_uniform_in_log_snr():
     assert make_timesteps(zero_snr, 10, "logsnr")[0] == 999
 
 
+def test_karras_spacing_starts_at_T_minus_1_then_follows_edm_eq_5():
+    """Step T − 1, then the step nearest each σ_i of EDM's eq. 5 (in log σ): σ^(1/ρ) falls about linearly
+    in i from KARRAS_SIGMA_MAX to KARRAS_SIGMA_MIN."""
+    schedule = make_schedule("cosine", 1000)
+    log_sigma = diffusion.edm_sigma(schedule).log()
+    assert make_timesteps(schedule, 1, "karras") == [999]
+    for steps in (2, 5, 10, 20):
+        timesteps = make_timesteps(schedule, steps, "karras")
+        assert timesteps[0] == 999
+        targets = karras_sigmas(steps - 1, KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN, KARRAS_RHO).log()
+        assert timesteps[1:] == (log_sigma[None, :] - targets[:, None]).abs().argmin(1).tolist()
+        reached = log_sigma[timesteps[1:]].exp()
+        assert reached[0] == pytest.approx(KARRAS_SIGMA_MAX, rel=0.05)
+        if steps > 2:
+            assert reached[-1] == pytest.approx(KARRAS_SIGMA_MIN, rel=0.05)
+            gaps = (reached ** (1 / KARRAS_RHO)).diff()
+            assert (gaps < 0).all() and gaps.std() / gaps.mean().abs() < 0.1
+    sigmas = karras_sigmas(10, 20.0, 0.17, 7.0)
+    assert sigmas[0] == pytest.approx(20.0) and sigmas[-1] == pytest.approx(0.17)
+    assert torch.allclose(
+        sigmas ** (1 / 7), torch.linspace(20.0 ** (1 / 7), 0.17 ** (1 / 7), 10, dtype=torch.float64)
+    )
+    assert karras_sigmas(1, 20.0, 0.17).tolist() == pytest.approx([20.0])
+
+
 @pytest.mark.parametrize("steps", [0, -1, 101, 2.0, True, None])
 def test_make_timesteps_refuses_bad_steps(steps):
     with pytest.raises(ValueError, match=r"steps must be an integer in 1…T \(100\)"):
@@ -563,8 +592,8 @@ def test_make_timesteps_refuses_bad_steps(steps):
 
 
 def test_make_timesteps_refuses_unknown_spacing():
-    with pytest.raises(ValueError, match="unknown spacing 'karras'"):
-        make_timesteps(make_schedule("linear", 100), 10, "karras")
+    with pytest.raises(ValueError, match="unknown spacing 'edm'"):
+        make_timesteps(make_schedule("linear", 100), 10, "edm")
 
 
 # --- Dynamic thresholding -------------------------------------------------------------------------------

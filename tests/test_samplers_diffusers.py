@@ -33,6 +33,7 @@ from ddpm.samplers import (  # noqa: E402
     dpmpp_2m_sample,
     dpmpp_2m_sde_sample,
     heun_sample,
+    karras_sigmas,
     make_denoiser,
     make_timesteps,
     network_evaluations,
@@ -89,6 +90,15 @@ def test_uniform_spacing_is_diffusers_leading_when_steps_divide_T(steps):
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=T, timestep_spacing="leading", steps_offset=0)
     scheduler.set_timesteps(steps)
     assert make_timesteps(SCHEDULES["linear"], steps, "uniform") == scheduler.timesteps.tolist()
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 30])
+@pytest.mark.parametrize("sigma_max, sigma_min", [(20.0, 0.17), (80.0, 0.002)])
+def test_karras_sigmas_are_diffusers_karras_sigmas(n, sigma_max, sigma_min):
+    """EDM's eq. 5 as diffusers writes it (its ramp from σ_max to σ_min, ρ = 7), in float64."""
+    scheduler = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T)
+    theirs = scheduler._convert_to_karras(torch.tensor([sigma_max, sigma_min], dtype=torch.float64), n)
+    assert torch.allclose(karras_sigmas(n, sigma_max, sigma_min), torch.as_tensor(theirs), rtol=1e-12)
 
 
 # --- DDPM ---------------------------------------------------------------------------------------------------
@@ -446,7 +456,7 @@ def unipc(schedule, timesteps, prediction: str, order: int):
 
 @pytest.mark.parametrize("schedule_name", list(SCHEDULES))
 @pytest.mark.parametrize("prediction", list(PREDICTION_TYPES))
-@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr"])
+@pytest.mark.parametrize("spacing", ["uniform", "trailing", "logsnr", "karras"])
 @pytest.mark.parametrize("order", [2, 3])
 def test_unipc_matches_unipc_multistep(schedule_name, prediction, spacing, order):
     """Whole trajectories, 12 steps; each step's state is the predictor's (the corrector acts on it once the

@@ -99,7 +99,7 @@ class SampleConfig:
     # before it saved "ddpm" and "uniform", and keep them
     sampler: str = "auto"  # or a name of ddpm.samplers.SAMPLERS: ddpm, ddim, dpmpp2m, heun, unipc, …
     steps: int | None = None  # network evaluations per sample; None = T
-    spacing: str = "auto"  # which steps when fewer than T: uniform, trailing, quadratic, logsnr
+    spacing: str = "auto"  # which steps when fewer than T: uniform, trailing, quadratic, logsnr, karras
     eta: float = 0.0  # DDIM's η: 0 deterministic, 1 ancestral
     s_churn: float | None = None  # heun-churn's S_churn, S_tmin, S_tmax, S_noise (Karras et al. 2022,
     s_tmin: float | None = None  # Alg. 2); None: the sampler's defaults, the paper's for CIFAR-10

@@ -131,7 +131,12 @@ def guidance_interval(
 
 # --- Which steps to visit ---------------------------------------------------------------------------------
 
-SPACINGS = ("uniform", "trailing", "quadratic", "logsnr")
+SPACINGS = ("uniform", "trailing", "quadratic", "logsnr", "karras")
+# The "karras" spacing's σ range and ρ (EDM's ρ = 7; σ_max and σ_min chosen by measurement on the headline
+# MNIST model: docs/results.md, "The sampler and spacing by measurement").
+KARRAS_SIGMA_MAX = 20.0
+KARRAS_SIGMA_MIN = 0.3
+KARRAS_RHO = 7.0
 
 
 def full_timesteps(schedule: Schedule) -> list[int]:
@@ -147,6 +152,8 @@ def make_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> 
     - "trailing": round(T − i · T / steps) − 1 (Lin et al. 2024, Table 2): always starts at T − 1.
     - "quadratic": (T − 1) · (i / (steps − 1))², denser near the data (Song et al. 2021, appendix D.2).
     - "logsnr": uniform in λ = log SNR between the first and the last step, each mapped to the nearest step.
+    - "karras": T − 1 (pure noise, as "trailing"), then the steps whose σ_t are nearest EDM's noise levels
+      (:func:`karras_sigmas`) from :data:`KARRAS_SIGMA_MAX` down to :data:`KARRAS_SIGMA_MIN`.
 
     Values that round onto the same integer are pushed apart; ``steps = T`` gives every step.
     """
@@ -162,14 +169,28 @@ def make_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> 
         timesteps = [round(T - i * stride) - 1 for i in range(steps)]
     elif spacing == "quadratic":
         timesteps = _distinct([(T - 1) * (i / max(steps - 1, 1)) ** 2 for i in range(steps)][::-1])
-    else:  # "logsnr"
+    elif spacing == "logsnr":
         lam = schedule.log_snr.cpu()
         finite = lam[torch.isfinite(lam)]
         targets = torch.linspace(float(finite[-1]), float(lam[0]), steps, dtype=torch.float64)
         nearest = (lam[None, :] - targets[:, None]).abs().argmin(1).tolist()
         nearest[0] = T - 1  # moves off T − 2 only when λ_T = −∞
         timesteps = _distinct(nearest)
+    else:  # "karras"
+        sigma = edm_sigma(schedule).cpu()  # increasing in t; ∞ where ᾱ = 0
+        targets = karras_sigmas(steps - 1, KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN, KARRAS_RHO)
+        nearest = (sigma.log()[None, :] - targets.log()[:, None]).abs().argmin(1).tolist()
+        timesteps = _distinct([T - 1, *nearest])
     return sorted(set(timesteps), reverse=True)
+
+
+def karras_sigmas(n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) -> torch.Tensor:
+    """EDM's time steps (Karras et al. 2022, eq. 5): σ_i = (σ_max^(1/ρ) + i/(n − 1) · (σ_min^(1/ρ) −
+    σ_max^(1/ρ)))^ρ for i = 0 … n − 1, without the final σ_N = 0; n = 1 gives σ_max. Float64 of shape (n,)."""
+    i = torch.arange(n, dtype=torch.float64)
+    return (
+        sigma_max ** (1 / rho) + i / max(n - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    ) ** rho
 
 
 def _distinct(targets: list[float]) -> list[int]:
