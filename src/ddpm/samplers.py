@@ -640,13 +640,14 @@ def steps_within(name: str, evaluations: int) -> int:
 
 # The sampler and spacing of a run whose config says "auto" (new runs' default), by the number of network
 # evaluations: the first row whose bound (None: any) is at least the count. Measured on the headline MNIST
-# model (pretrained/mnist-unet) at 10, 20, 50 and 100 evaluations, every sampler at 10 and 20:
-# docs/results.md, "The sampler and spacing by measurement", with the commands; tests/test_sampler_table.py
-# checks this table against that sweep in benchmarks/results.json. Up to 10 the deterministic UniPC, from 11
-# to 100 the stochastic solver (the counts in between were not measured); above 100 (unmeasured but for all
-# T steps) what runs did before the table: DDPM, uniform.
+# model (pretrained/mnist-unet) at 10, 20, 50 and 100 evaluations, trailing and karras spacings, every
+# sampler at 10: docs/results.md, "The sampler and spacing by measurement", with the commands;
+# tests/test_sampler_table.py checks this table against that sweep in benchmarks/results.json. The
+# stochastic solver throughout: with EDM's spacing up to 50, trailing from 51 to 100 (karras's last jump,
+# from σ = 0.3, costs more than its steps gain there; 51–99 were not measured); above 100 (unmeasured but
+# for all T steps) what runs did before the table: DDPM, uniform.
 AUTO: tuple[tuple[int | None, str, str], ...] = (
-    (10, "unipc", "trailing"),
+    (50, "dpmpp2m-sde", "karras"),
     (100, "dpmpp2m-sde", "trailing"),
     (None, "ddpm", "uniform"),
 )
