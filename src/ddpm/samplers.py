@@ -173,14 +173,13 @@ def make_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> 
         lam = schedule.log_snr.cpu()
         finite = lam[torch.isfinite(lam)]
         targets = torch.linspace(float(finite[-1]), float(lam[0]), steps, dtype=torch.float64)
-        nearest = (lam[None, :] - targets[:, None]).abs().argmin(1).tolist()
+        nearest = _nearest_steps(lam, targets)
         nearest[0] = T - 1  # moves off T − 2 only when λ_T = −∞
         timesteps = _distinct(nearest)
     else:  # "karras"
-        sigma = edm_sigma(schedule).cpu()  # increasing in t; ∞ where ᾱ = 0
-        targets = karras_sigmas(steps - 1, KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN, KARRAS_RHO)
-        nearest = (sigma.log()[None, :] - targets.log()[:, None]).abs().argmin(1).tolist()
-        timesteps = _distinct([T - 1, *nearest])
+        log_sigma = edm_sigma(schedule).cpu().log()  # increasing in t; ∞ where ᾱ = 0
+        targets = karras_sigmas(steps - 1, KARRAS_SIGMA_MAX, KARRAS_SIGMA_MIN, KARRAS_RHO).log()
+        timesteps = _distinct([T - 1, *_nearest_steps(log_sigma, targets)])
     return sorted(set(timesteps), reverse=True)
 
 
@@ -191,6 +190,11 @@ def karras_sigmas(n: int, sigma_max: float, sigma_min: float, rho: float = 7.0) 
     return (
         sigma_max ** (1 / rho) + i / max(n - 1, 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
     ) ** rho
+
+
+def _nearest_steps(values: torch.Tensor, targets: torch.Tensor) -> list[int]:
+    """For each target, the step whose value (λ_t or log σ_t, one per step) is nearest it."""
+    return (values[None, :] - targets[:, None]).abs().argmin(1).tolist()
 
 
 def _distinct(targets: list[float]) -> list[int]:
