@@ -29,7 +29,8 @@ demo-spiral: install
 # mnist-unet with the patchifying stem (28x28x1 -> 14x14x4, 64 channels at 14 and 7; half the FLOPs), its
 # learning-rate horizon fitted to the 6 minutes on this machine (--fit-horizon; DEMO_STEPS only caps it),
 # sampled with 20 steps autoguided by its own checkpoint at a fifth of training, for σ_t in (0.28, 5.42]
-# (34 network evaluations).
+# (34 network evaluations). Trailing spacing, not the karras that `auto` gives 20 steps: on the 6-minute
+# model karras scored 8 % lower FLD, within the seeds' spread, but left grain on the background.
 DEMO_MINUTES ?= 6
 DEMO_STEPS ?= 3000
 DEMO_MODEL := --set model.kwargs.patch_size=2 --set model.kwargs.model_channels=64 --set 'model.kwargs.channel_mult=[1,1]'
